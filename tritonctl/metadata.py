@@ -81,13 +81,18 @@ def read_sidecar(path: Path) -> ModelMeta | None:
 
 
 def read_onnx(path: Path) -> ModelMeta:
-    """Tensors and tritonctl/Ultralytics metadata straight from an ONNX file."""
+    """Tensors and tritonctl metadata straight from an ONNX file."""
     import onnx
 
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         raise BadInput(f"{path} is not a readable ONNX model ({exc.__class__.__name__}): export it again") from exc
+    return meta_from_proto(model, str(path))
+
+
+def tensors_of(model: Any) -> tuple[list[TensorInfo], list[TensorInfo]]:
+    """The graph's real inputs (initializers excluded) and outputs, with Triton dtypes and -1 for symbolic axes."""
     initializers = {i.name for i in model.graph.initializer}
 
     def info(values: Any) -> list[TensorInfo]:
@@ -100,13 +105,17 @@ def read_onnx(path: Path) -> ModelMeta:
             out.append(TensorInfo(v.name, ONNX_TO_TRITON.get(t.elem_type, f"ONNX{t.elem_type}"), dims))
         return out
 
+    return info(model.graph.input), info(model.graph.output)
+
+
+def meta_from_proto(model: Any, source: str = "") -> ModelMeta:
+    inputs, outputs = tensors_of(model)
     props = {p.key: p.value for p in model.metadata_props}
-    meta = ModelMeta(inputs=info(model.graph.input), outputs=info(model.graph.output), source=str(path))
     if "tritonctl" in props:
         stored = ModelMeta.from_dict(json.loads(props["tritonctl"]))
-        stored.inputs, stored.outputs = meta.inputs, meta.outputs
+        stored.inputs, stored.outputs = inputs, outputs
         return stored
-    return meta
+    return ModelMeta(inputs=inputs, outputs=outputs, source=source)
 
 
 def load_meta(path: Path) -> ModelMeta:
