@@ -176,6 +176,126 @@ def stop(
         out.print(f"{'stopped' if stopped else 'already gone'}: {record.runtime} server at {record.url}")
 
 
+# ---------------------------------------------------------------- export
+
+
+@app.command()
+@command
+def export(
+    model_path: Path = typer.Option(..., help="YOLO detection checkpoint (.pt): YOLOv5u/v8/v9/v10/11"),
+    out_dir: Path = typer.Option(Path("build/export"), help="where model_fp32.onnx, model_fp16.onnx, model.json go"),
+    imgsz: int | None = typer.Option(None, help="input size (default: the checkpoint's)"),
+    opset: int | None = typer.Option(None, help="ONNX opset (default: Ultralytics' choice)"),
+    simplify: bool = typer.Option(True, "--simplify/--no-simplify"),
+    static: bool = typer.Option(False, "--static", help="fix the batch axis (to --batch) instead of a dynamic one"),
+    batch: int = typer.Option(1, help="the batch of a --static export"),
+    precision: str = typer.Option("both", help="fp32, fp16 or both"),
+    fp16_io: bool = typer.Option(True, "--fp16-io/--fp32-io", help="FP16 model takes/returns FP16 (half the bytes)"),
+    check_images: Path | None = typer.Option(None, help="images for the FP16 parity check (default: generated)"),
+    tolerance: str = typer.Option("0.99,0.5", help="parity tolerance: min matched share, max box shift in px"),
+) -> None:
+    """Export a YOLO .pt to FP32 and FP16 ONNX (dynamic batch), with metadata and an FP16 parity report."""
+    from tritonctl import export as ex
+    from tritonctl.errors import BadInput, ToleranceExceeded
+
+    try:
+        min_matched, max_shift = (float(v) for v in tolerance.split(","))
+    except ValueError:
+        raise BadInput(f"--tolerance {tolerance!r}: give the min matched share and max box shift, e.g. 0.99,0.5") from None
+    settings = ex.ExportSettings.create(
+        model_path=model_path, out_dir=out_dir, imgsz=imgsz, opset=opset, simplify=simplify, dynamic=not static,
+        batch=batch, precision=precision, fp16_io=fp16_io, check_images=check_images, min_matched=min_matched,
+        max_box_shift_px=max_shift)
+    with err.status("exporting …") as spinner:
+        def progress(step: str, secs: float) -> None:
+            out.print(f"[green]✓[/] {step} [dim]{secs:.1f} s[/]")
+            spinner.update(f"after {step} …")
+
+        result = ex.export(settings, progress)
+    if result.parity is not None:
+        from tritonctl.parity import render
+
+        render(result.parity)
+        result.parity.write(out_dir / "parity.json")
+        result.files["parity"] = out_dir / "parity.json"
+    for kind, path in result.files.items():
+        out.print(f"  {kind:9s} {path}  [dim]{path.stat().st_size / 1e6:.2f} MB[/]")
+    out.print(f"done in {result.timings['total']:.1f} s")
+    if result.parity is not None and not result.parity.passed:
+        raise ToleranceExceeded(f"FP16 parity outside tolerance: {'; '.join(result.parity.failures)} (see parity.json)")
+
+
+# ---------------------------------------------------------------- build-engine
+
+
+@app.command("build-engine")
+@command
+def build_engine(
+    onnx: Path = typer.Option(Path("build/export/model_fp16.onnx"), help="the ONNX export to compile"),
+    out_dir: Path = typer.Option(Path("build/engine"), help="where model.plan, engine.json and the log go"),
+    runtime: str = typer.Option("docker", help="docker: trtexec inside the Triton image (matches the server); local: PATH"),
+    precision: str = typer.Option("fp16", help="fp16 (--fp16) or fp32"),
+    min_batch: int = typer.Option(1),
+    opt_batch: int = typer.Option(8),
+    max_batch: int = typer.Option(16),
+    workspace: int | None = typer.Option(None, help="TensorRT workspace in MiB"),
+    image: str = typer.Option("", help="Triton image for --runtime docker (default: the one `serve` uses)"),
+    gpus: str = typer.Option("all"),
+    repo: Path | None = typer.Option(None, help="also put model.plan into <repo>/<name>/1/"),
+    name: str | None = typer.Option(None),
+    time_engine: Path | None = typer.Option(None, "--time", help="time a built engine instead (the seed's timing run)"),
+    batch: int = typer.Option(8, help="batch for --time"),
+) -> None:
+    """Compile an ONNX export into a dynamic-batch TensorRT engine with trtexec (or time one with --time)."""
+    from tritonctl import engine as eng
+
+    if time_engine is not None:
+        _time_engine(time_engine, batch, out_dir)
+        return
+    s = eng.EngineSettings.create(onnx=onnx, out_dir=out_dir, runtime=runtime, precision=precision, min_batch=min_batch,
+                                  opt_batch=opt_batch, max_batch=max_batch, workspace_mb=workspace, image=image, gpus=gpus,
+                                  repo=repo, name=name)
+    with err.status("trtexec: building …") as spinner:
+        result = eng.build(s, lambda line: spinner.update(f"trtexec: {line[-100:]}"))
+    out.print(f"[green]engine[/] {result.engine} ({result.engine.stat().st_size / 1e6:.1f} MB), log {result.log_file}")
+    _print_summary(result.summary)
+
+
+def _time_engine(engine_path: Path, batch: int, out_dir: Path) -> None:
+    from tritonctl import engine as eng
+    from tritonctl.errors import BadInput
+    from tritonctl.metadata import read_sidecar
+
+    if not engine_path.is_file():
+        raise BadInput(f"engine {engine_path} does not exist: build one with `tritonctl build-engine`")
+    meta = read_sidecar(engine_path)
+    if meta is None or not meta.inputs:
+        raise BadInput(f"no model.json beside {engine_path}: it tells the input name and size")
+    h, w = meta.imgsz or meta.inputs[0].shape[2:4]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    times = out_dir / "inference_times.json"
+    command = eng.timing_command(eng.find_trtexec(), str(engine_path), f"{meta.inputs[0].name}:{batch}x3x{h}x{w}", str(times))
+    log_file = out_dir / "trtexec_time.log"
+    with err.status("trtexec: timing …") as spinner:
+        code = eng.run_local(command, log_file, lambda line: spinner.update(f"trtexec: {line[-100:]}"))
+    if code != 0:
+        from tritonctl.errors import ModelError
+
+        raise ModelError(f"trtexec failed (exit {code}); its log is in {log_file}")
+    _print_summary(eng.parse_summary(log_file.read_text().splitlines()))
+    out.print_json(json.dumps(eng.parse_times(times)))
+
+
+def _print_summary(summary: Any) -> None:
+    from rich.table import Table
+
+    table = Table("trtexec", "min", "mean", "median", "p99", "max", title=f"throughput {summary.throughput_qps} qps")
+    f = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    for key, st in summary.stats.items():
+        table.add_row(f"{key} ms", f(st.min), f(st.mean), f(st.median), f(st.percentiles.get("p99")), f(st.max))
+    out.print(table)
+
+
 # ---------------------------------------------------------------- config
 
 

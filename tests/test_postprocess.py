@@ -1,0 +1,69 @@
+"""Decoding every YOLO head layout, NMS equal to torchvision's, and the layout check."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tritonctl.errors import ModelError
+from tritonctl.postprocess import PostSettings, decode, decode_one, head_layout, nms
+
+
+def _head(boxes_xywh: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """A v8-style [1, 4+nc, A] output from boxes and class scores."""
+    return np.concatenate([boxes_xywh, scores], 1).T[None].astype(np.float32)
+
+
+def test_layouts() -> None:
+    assert head_layout((1, 84, 8400), 80) == "anchors"
+    assert head_layout((1, 25200, 85), 80) == "objectness"
+    assert head_layout((1, 300, 6), 80) == "end2end"
+    assert head_layout((-1, 8, 756), None) == "anchors"
+    assert head_layout((-1, 300, 6), None) == "end2end"
+    for bad in [(1, 1000), (1, 3, 3), (1, 84, 8400, 1)]:
+        with pytest.raises(ModelError):
+            head_layout(bad, 80)
+
+
+def test_threshold_nms_and_classes() -> None:
+    xywh = np.array([[50, 50, 20, 20], [51, 50, 20, 20], [150, 150, 30, 30], [50, 50, 20, 20]], np.float32)
+    scores = np.array([[0.9, 0.0], [0.8, 0.0], [0.0, 0.7], [0.0, 0.6]], np.float32)  # box 3 overlaps box 0, other class
+    det = decode(_head(xywh, scores), "anchors", PostSettings(conf=0.25, iou=0.45))[0]
+    assert det[:, 5].tolist() == [0, 1, 1] and det[:, 4].tolist() == pytest.approx([0.9, 0.7, 0.6])
+    np.testing.assert_allclose(det[0, :4], [40, 40, 60, 60])
+    agnostic = decode_one(_head(xywh, scores)[0], "anchors", PostSettings(agnostic=True))
+    assert len(agnostic) == 2
+    only1 = decode_one(_head(xywh, scores)[0], "anchors", PostSettings(classes=(1,)))
+    assert set(only1[:, 5]) == {1}
+    assert len(decode_one(_head(xywh, scores)[0], "anchors", PostSettings(conf=0.95))) == 0
+
+
+def test_fp16_input() -> None:
+    xywh = np.array([[50, 50, 20, 20]], np.float32)
+    out = _head(xywh, np.array([[0.5, 0.1]], np.float32)).astype(np.float16)
+    det = decode(out, "anchors", PostSettings())[0]
+    assert det.dtype == np.float32 and det[0, 5] == 0
+
+
+def test_objectness_layout() -> None:
+    rows = np.array([[[50, 50, 20, 20, 0.9, 0.1, 0.8], [50, 50, 20, 20, 0.2, 0.9, 0.1]]], np.float32)
+    det = decode(rows, "objectness", PostSettings())[0]
+    assert len(det) == 1 and det[0, 5] == 1 and det[0, 4] == pytest.approx(0.72)
+
+
+def test_end2end_layout() -> None:
+    rows = np.array([[[10, 10, 20, 20, 0.3, 2], [0, 0, 5, 5, 0.9, 1], [0, 0, 1, 1, 0.1, 0]]], np.float32)
+    det = decode(rows, "end2end", PostSettings())[0]
+    assert det[:, 5].tolist() == [1, 2]
+
+
+def test_nms_equals_torchvision() -> None:
+    import torch
+    import torchvision
+
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 500, (400, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 80, (400, 2))], 1).astype(np.float32)
+    scores = rng.random(400).astype(np.float32)
+    want = torchvision.ops.nms(torch.from_numpy(boxes), torch.from_numpy(scores), 0.45).numpy()
+    np.testing.assert_array_equal(nms(boxes, scores, 0.45), want)

@@ -1,0 +1,63 @@
+"""Letterbox geometry and tensor layout, checked against Ultralytics' own LetterBox."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tritonctl.preprocess import Letterbox, Preprocessor
+
+
+@pytest.mark.parametrize(("h", "w"), [(1080, 1920), (360, 640), (1, 1), (7, 2000), (2000, 7), (640, 640), (4000, 3000)])
+def test_matches_ultralytics_letterbox(h: int, w: int) -> None:
+    from ultralytics.data.augment import LetterBox
+
+    rng = np.random.default_rng(h * w)
+    frame = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    want = LetterBox((192, 192), auto=False, stride=32)(image=frame)
+    pre = Preprocessor(192, 192, "float32")
+    pre(frame)
+    got = (pre.batch[0].transpose(1, 2, 0)[:, :, ::-1] * 255).round().astype(np.uint8)
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+
+
+def test_dtypes_and_rows() -> None:
+    frame = np.full((100, 200, 3), (10, 20, 30), np.uint8)  # BGR
+    for dtype in ("float16", "float32", "uint8"):
+        pre = Preprocessor(64, 64, dtype, max_batch=2)
+        pre(frame, row=1)
+        assert pre.batch.dtype == np.dtype(dtype)
+        centre = pre.batch[1, :, 32, 32].astype(np.float32)
+        scale = 1 if dtype == "uint8" else 255
+        np.testing.assert_allclose(centre * scale, [30, 20, 10], atol=0.1)  # RGB order
+
+
+def test_boxes_map_back_to_source() -> None:
+    box = Letterbox.fit(1080, 1920, 640, 640)
+    canvas_box = np.array([[box.pad_x + 10 * box.scale, box.pad_y + 20 * box.scale,
+                            box.pad_x + 110 * box.scale, box.pad_y + 220 * box.scale, 0.9, 1]], np.float32)
+    np.testing.assert_allclose(box.to_source(canvas_box)[0, :4], [10, 20, 110, 220], atol=0.01)
+    outside = np.array([[-50, -50, 700, 700, 0.5, 0]], np.float32)
+    assert box.to_source(outside)[0, :4].tolist() == [0, 0, 1920, 1080]
+
+
+def test_buffers_are_reused() -> None:
+    pre = Preprocessor(64, 64, "float16", max_batch=4)
+    before = pre.batch.ctypes.data
+    for h, w in [(100, 50), (50, 100), (100, 50)]:
+        pre(np.zeros((h, w, 3), np.uint8), row=3)
+    assert pre.batch.ctypes.data == before
+
+
+def test_sliver_frames() -> None:
+    """3 x 2000 scales to less than a pixel high: it still lands on the canvas, boxes still map back."""
+    pre = Preprocessor(192, 192)
+    box = pre(np.full((3, 2000, 3), 255, np.uint8))
+    assert box.resized == (192, 1)
+    assert pre.batch[0, 0, 95:97].max() == pytest.approx(1.0)
+
+
+def test_empty_frame_rejected() -> None:
+    with pytest.raises(ValueError, match="empty frame"):
+        Preprocessor(64, 64)(np.zeros((0, 10, 3), np.uint8))

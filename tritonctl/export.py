@@ -1,0 +1,217 @@
+"""`tritonctl export`: a YOLO .pt -> model_fp32.onnx and model_fp16.onnx with a dynamic batch axis and metadata.
+
+Ultralytics' own exporter writes the FP32 graph (it knows every YOLO head); we pin the spatial axes so that only
+the batch is dynamic (what TensorRT profiles and Triton's batcher want), convert FP16 from the FP32 graph (no GPU
+needed), stamp our metadata into both, and check FP16 against FP32 (parity.py).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tritonctl.errors import BadInput
+from tritonctl.metadata import ModelMeta, read_onnx, tensors_of
+
+SUPPORTED_TASKS = ("detect",)
+FILES = {"fp32": "model_fp32.onnx", "fp16": "model_fp16.onnx"}
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    model_path: Path
+    out_dir: Path
+    imgsz: int | None = None
+    opset: int | None = None
+    simplify: bool = True
+    dynamic: bool = True
+    batch: int = 1  # the fixed batch of a --static export
+    precisions: tuple[str, ...] = ("fp32", "fp16")
+    fp16_io: bool = True
+    check_images: Path | None = None
+    n_check: int = 16
+    max_box_shift_px: float = 0.5
+    min_matched: float = 0.99
+
+    @classmethod
+    def create(cls, *, precision: str = "both", **kw: Any) -> ExportSettings:
+        precisions = {"both": ("fp32", "fp16"), "fp32": ("fp32",), "fp16": ("fp32", "fp16")}.get(precision)
+        if precisions is None:
+            raise BadInput(f"--precision {precision!r}: choose fp32, fp16 or both")
+        s = cls(precisions=precisions, **kw)
+        if not s.model_path.is_file():
+            raise BadInput(f"checkpoint {s.model_path} does not exist: pass the .pt to export with --model-path")
+        if s.model_path.suffix != ".pt":
+            raise BadInput(f"{s.model_path.name} is not a PyTorch checkpoint (.pt): export takes a YOLO .pt file")
+        if s.imgsz is not None and (s.imgsz < 32 or s.imgsz % 32):
+            raise BadInput(f"--imgsz {s.imgsz} must be a multiple of 32, at least 32")
+        if s.check_images is not None and not s.check_images.is_dir():
+            raise BadInput(f"--check-images {s.check_images} is not a folder of images")
+        if not 0 < s.min_matched <= 1 or s.max_box_shift_px < 0:
+            raise BadInput("--tolerance needs matched share in (0, 1] and a box shift >= 0 px")
+        _check_writable(s.out_dir)
+        s.__dict__["keep_fp32"] = precision != "fp16"
+        return s
+
+
+def _check_writable(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise BadInput(f"cannot write to --out-dir {folder} ({exc.strerror}): pick a writable folder") from exc
+
+
+@dataclass
+class ExportResult:
+    files: dict[str, Path] = field(default_factory=dict)
+    meta: ModelMeta | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    parity: Any = None
+
+
+def load_checkpoint(path: Path) -> Any:
+    """The Ultralytics model in a checkpoint, refusing what we cannot serve as a detector."""
+    try:
+        from ultralytics import YOLO
+
+        model = YOLO(str(path))
+    except Exception as exc:
+        raise BadInput(f"{path} is not a checkpoint Ultralytics can load ({exc.__class__.__name__}: "
+                       f"{str(exc).splitlines()[0][:160] if str(exc) else 'no detail'})") from exc
+    if model.task not in SUPPORTED_TASKS:
+        raise BadInput(f"{path.name} is a {model.task} model: tritonctl exports detection models only "
+                       f"(YOLOv5u/v8/v9/v10/11 detect)")
+    return model
+
+
+def _pin_spatial_axes(model: Any, imgsz: tuple[int, int], dynamic: bool) -> None:
+    """Keep only the batch axis dynamic: fixed H and W on the input, fixed sizes on the outputs' other axes."""
+    import numpy as np
+    import onnxruntime as ort
+
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        dims[2].dim_value, dims[3].dim_value = imgsz
+    # Shape inference cannot see through every head's reshapes: one real run at batch 1 tells the output sizes.
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = {i.name: np.zeros((1, 3, *imgsz), np.float32) for i in session.get_inputs()}
+    shapes = {o.name: r.shape for o, r in zip(session.get_outputs(), session.run(None, feed), strict=True)}
+    for value in [*model.graph.input, *model.graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        for axis, size in enumerate(shapes.get(value.name, ())):
+            if axis > 0:
+                dims[axis].dim_value = size
+        if dynamic:
+            dims[0].dim_param = "batch"
+
+
+def _quiet(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Ultralytics' exporter prints its own banner and hints; our progress lines replace them."""
+    import logging
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        from ultralytics.utils import LOGGER
+
+        level = LOGGER.level
+        LOGGER.setLevel(logging.ERROR)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            LOGGER.setLevel(level)
+
+    return run
+
+
+def _stamp(model: Any, meta: ModelMeta) -> None:
+    props = {p.key: p for p in model.metadata_props}
+    entry = props.get("tritonctl") or model.metadata_props.add(key="tritonctl")
+    entry.value = meta.to_json()
+
+
+def _save(model: Any, path: Path) -> None:
+    import onnx
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        onnx.save(model, str(tmp))
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _to_fp16(model: Any, fp16_io: bool) -> Any:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    # The converter keeps numerically unsafe ops (Range, TopK, NonMaxSuppression, ...) in FP32 and clamps
+    # initializers to FP16's range; we only choose whether the graph's inputs/outputs are FP16 too.
+    return convert_float_to_float16(model, keep_io_types=not fp16_io, disable_shape_infer=False)
+
+
+def export(s: ExportSettings, progress: Callable[[str, float], None] = lambda step, secs: None) -> ExportResult:
+    import onnx
+
+    result = ExportResult()
+    t0 = time.perf_counter()
+    yolo = load_checkpoint(s.model_path)
+    imgsz = s.imgsz or int(yolo.overrides.get("imgsz") or getattr(yolo.model, "args", {}).get("imgsz", 640))
+    progress("load checkpoint", time.perf_counter() - t0)
+
+    with tempfile.TemporaryDirectory(dir=s.out_dir, prefix=".export-") as tmp:
+        t = time.perf_counter()
+        pt_copy = Path(tmp) / s.model_path.name  # Ultralytics writes next to the checkpoint: keep that in our temp dir
+        shutil.copy2(s.model_path, pt_copy)
+        from ultralytics import YOLO
+
+        exported = _quiet(YOLO(str(pt_copy)).export)(format="onnx", imgsz=imgsz, dynamic=s.dynamic, batch=s.batch,
+                                             simplify=s.simplify, opset=s.opset, half=False, device="cpu", verbose=False)
+        fp32 = onnx.load(str(exported))
+        _pin_spatial_axes(fp32, (imgsz, imgsz), s.dynamic)
+        progress("export FP32 ONNX", time.perf_counter() - t)
+
+        names = {int(k): str(v) for k, v in yolo.names.items()}
+        base = read_onnx(Path(exported))
+        meta = ModelMeta(inputs=base.inputs, outputs=base.outputs, names=names, imgsz=(imgsz, imgsz),
+                         stride=int(max(yolo.model.stride)), task=yolo.task, precision="fp32", source=s.model_path.name,
+                         extra={"ultralytics_model": type(yolo.model).__name__})
+        models = {"fp32": fp32}
+        if "fp16" in s.precisions:
+            t = time.perf_counter()
+            models["fp16"] = _to_fp16(fp32, s.fp16_io)
+            progress("convert to FP16", time.perf_counter() - t)
+        staged = {}
+        for precision, model in models.items():
+            _stamp(model, _meta_for(meta, model, precision))
+            staged[precision] = Path(tmp) / FILES[precision]
+            _save(model, staged[precision])
+        if "fp16" in staged:
+            from tritonctl.parity import check_parity
+
+            t = time.perf_counter()
+            result.parity = check_parity(staged["fp32"], staged["fp16"], s)
+            progress("FP16 vs FP32 parity", time.perf_counter() - t)
+        for precision, path in staged.items():
+            if precision == "fp32" and not s.__dict__.get("keep_fp32", True):
+                continue
+            result.files[precision] = path.replace(s.out_dir / path.name)
+    result.meta = meta
+    sidecar = {k: json.loads(_meta_for(meta, models[k], k).to_json()) for k in result.files}
+    (s.out_dir / "model.json").write_text(json.dumps({**json.loads(meta.to_json()), "files": {
+        k: {"file": FILES[k], "inputs": v["inputs"], "outputs": v["outputs"]} for k, v in sidecar.items()}}, indent=2))
+    result.files["metadata"] = s.out_dir / "model.json"
+    result.timings["total"] = time.perf_counter() - t0
+    return result
+
+
+def _meta_for(meta: ModelMeta, model: Any, precision: str) -> ModelMeta:
+    inputs, outputs = tensors_of(model)
+    return ModelMeta(inputs=inputs, outputs=outputs, names=meta.names, imgsz=meta.imgsz, stride=meta.stride,
+                     task=meta.task, precision=precision, source=meta.source, extra=meta.extra)

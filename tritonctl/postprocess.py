@@ -1,0 +1,116 @@
+"""Decode YOLO heads into boxes: confidence threshold first, then per-class NMS, then back through the letterbox.
+
+Layouts, recognised from the output shape (and the class count when known):
+- `anchors`:   [B, 4+nc, A]  YOLOv8/v9/11 (xywh, class scores)
+- `objectness`: [B, A, 5+nc] YOLOv5 (xywh, objectness, class scores)
+- `end2end`:   [B, N, 6]     YOLOv10 / NMS-exported (x1, y1, x2, y2, score, class)
+NMS follows Ultralytics' rules (strict `>` threshold, class offsets, greedy by score) so results match its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from tritonctl.errors import ModelError
+
+MAX_WH = 7680.0  # per-class NMS by offsetting boxes of each class this far apart (as Ultralytics does)
+
+
+@dataclass(frozen=True)
+class PostSettings:
+    conf: float = 0.25
+    iou: float = 0.45
+    max_det: int = 300
+    classes: tuple[int, ...] | None = None
+    agnostic: bool = False
+    max_nms: int = 30000
+
+
+def head_layout(shape: tuple[int, ...], n_classes: int | None = None) -> str:
+    """Which decoder an output of this shape needs; ModelError when it is no detection head we know."""
+    if len(shape) != 3:
+        raise ModelError(f"output of shape {list(shape)} is not a detection head (expected [batch, rows, columns])")
+    _, d1, d2 = shape
+    if n_classes:
+        if d1 == 4 + n_classes and d2 != 4 + n_classes:
+            return "anchors"
+        if d2 == 5 + n_classes:
+            return "objectness"
+        if d2 == 6:
+            return "end2end"
+    elif d2 == 6 and d1 > 6:
+        return "end2end"
+    elif d1 != -1 and d2 != -1 and 5 <= d1 < d2:
+        return "anchors"
+    elif d2 != -1 and 6 <= d2 < d1:
+        return "objectness"
+    raise ModelError(f"output of shape {list(shape)} matches no YOLO head (v8/v9/11 [B,4+nc,A], v5 [B,A,5+nc], "
+                     f"end-to-end [B,N,6]){f' for {n_classes} classes' if n_classes else ''}")
+
+
+def _xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:
+    out = np.empty_like(xywh)
+    half_w, half_h = xywh[:, 2] / 2, xywh[:, 3] / 2
+    out[:, 0] = xywh[:, 0] - half_w
+    out[:, 1] = xywh[:, 1] - half_h
+    out[:, 2] = xywh[:, 0] + half_w
+    out[:, 3] = xywh[:, 1] + half_h
+    return out
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
+    """Greedy NMS on xyxy boxes; indexes of kept boxes by descending score (torchvision's rule)."""
+    order = np.argsort(-scores, kind="stable")
+    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    areas = (x2 - x1) * (y2 - y1)
+    keep = []
+    while order.size:
+        i = order[0]
+        keep.append(i)
+        rest = order[1:]
+        w = np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0, None)
+        h = np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0, None)
+        inter = w * h
+        overlap = inter / (areas[i] + areas[rest] - inter + 1e-9)
+        order = rest[overlap <= iou]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def decode_one(pred: np.ndarray, layout: str, s: PostSettings) -> np.ndarray:
+    """One image's raw head output -> [n, 6] float32 rows (x1, y1, x2, y2, score, class) on the model canvas."""
+    if layout == "end2end":
+        det = pred[pred[:, 4] > s.conf].astype(np.float32)
+        if s.classes is not None:
+            det = det[np.isin(det[:, 5], s.classes)]
+        return det[np.argsort(-det[:, 4], kind="stable")][: s.max_det]
+    if layout == "anchors":
+        cls_scores = pred[4:]  # [nc, A]: threshold before transposing anything
+        best = cls_scores.max(0)
+        idx = np.flatnonzero(best > s.conf)
+        rows = pred[:, idx].T.astype(np.float32)  # [n, 4+nc]
+        scores_all = rows[:, 4:]
+    else:  # objectness: confidence is objectness times class score
+        obj = pred[:, 4]
+        idx = np.flatnonzero(obj > s.conf)
+        rows = pred[idx].astype(np.float32)
+        scores_all = rows[:, 5:] * rows[:, 4:5]
+    if rows.shape[0] == 0:
+        return np.zeros((0, 6), np.float32)
+    cls = scores_all.argmax(1)
+    score = scores_all[np.arange(len(cls)), cls]
+    keep = score > s.conf
+    if s.classes is not None:
+        keep &= np.isin(cls, s.classes)
+    boxes, score, cls = _xywh_to_xyxy(rows[keep, :4]), score[keep], cls[keep].astype(np.float32)
+    if len(score) > s.max_nms:
+        top = np.argsort(-score, kind="stable")[: s.max_nms]
+        boxes, score, cls = boxes[top], score[top], cls[top]
+    offset = 0.0 if s.agnostic else cls[:, None] * MAX_WH
+    kept = nms(boxes + offset, score, s.iou)[: s.max_det]
+    return np.concatenate([boxes[kept], score[kept, None], cls[kept, None]], 1)
+
+
+def decode(output: np.ndarray, layout: str, s: PostSettings) -> list[np.ndarray]:
+    return [decode_one(output[i], layout, s) for i in range(output.shape[0])]
