@@ -33,7 +33,7 @@ class ConfigSettings:
     kind: str = "cpu"
     gpus: tuple[int, ...] = ()
     warmup: bool = True
-    pinned_memory: bool = False
+    pinned_memory: bool | None = None  # None: Triton's default (enabled)
     threads: int = 0
     trt_accelerator: bool = False
     precision: str | None = None  # what the user expects; checked against the model
@@ -128,9 +128,9 @@ def build_config(settings: ConfigSettings, meta: ModelMeta) -> Any:
             entry.data_type = mc.DataType.Value(f"TYPE_{t.dtype}")
             entry.dims.extend(d if d > 0 else 1 for d in t.shape[strip:])
             entry.zero_data = True
-    if settings.pinned_memory:
-        cfg.optimization.input_pinned_memory.enable = True
-        cfg.optimization.output_pinned_memory.enable = True
+    if settings.pinned_memory is not None:
+        cfg.optimization.input_pinned_memory.enable = settings.pinned_memory
+        cfg.optimization.output_pinned_memory.enable = settings.pinned_memory
     if settings.trt_accelerator:
         acc = cfg.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
         acc.parameters["precision_mode"] = "FP16" if meta.precision == "fp16" else "FP32"

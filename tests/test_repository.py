@@ -1,0 +1,149 @@
+"""config.pbtxt: every config the local Triton can run is loaded into the real server and compared with what was asked;
+GPU platforms (no GPU here) are checked field by field after parsing the text back."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import free_ports, run_cli
+from onnx_models import tiny_detector
+
+from tritonctl.errors import BadInput
+from tritonctl.repository import ConfigSettings, parse_config, write_model
+
+VARIANTS = {
+    "fp32_default": {},
+    "fp16_io": {"fp16": True},
+    "no_batching": {"max_batch": 0, "preferred_batch": ()},
+    "two_instances": {"instances": 2, "threads": 1, "warmup": False, "pinned_memory": False},
+    "pinned": {"pinned_memory": True, "queue_delay_us": 100, "preferred_batch": (2, 4), "max_batch": 4},
+}
+
+
+@pytest.fixture(scope="module")
+def variant_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, ConfigSettings]]]:
+    from tritonctl.server import ServeSettings, start_local
+
+    base = tmp_path_factory.mktemp("variants")
+    repo = base / "repo"
+    asked = {}
+    for name, kw in VARIANTS.items():
+        fp16 = kw.pop("fp16", False) if "fp16" in kw else False
+        onnx = tiny_detector(base / f"{name}.onnx", fp16=bool(fp16))
+        asked[name] = ConfigSettings.create(name=name, model_file=onnx, repo=repo, **kw)
+        write_model(asked[name])
+        kw["fp16"] = fp16  # leave VARIANTS as it was
+    http, grpc, metrics = free_ports(3)
+    server = start_local(ServeSettings.create(runtime="local", repo=repo, http_port=http, grpc_port=grpc, metrics_port=metrics))
+    yield server.settings.url, asked
+    server.stop()
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_server_loads_what_was_asked(variant_server: tuple[str, dict[str, ConfigSettings]], name: str) -> None:
+    import tritonclient.http as http
+
+    url, asked = variant_server
+    s = asked[name]
+    client = http.InferenceServerClient(url)
+    assert client.is_model_ready(name)
+    cfg = client.get_model_config(name)
+    assert cfg["backend"] == "python" and cfg["max_batch_size"] == s.max_batch
+    dtype = "TYPE_FP16" if "fp16" in name else "TYPE_FP32"
+    strip = 1 if s.max_batch else 0
+    full_in = (-1, 3, 32, 32)[strip:]
+    assert [(i["name"], i["data_type"], tuple(i["dims"])) for i in cfg["input"]] == [("images", dtype, full_in)]
+    assert [(o["name"], o["data_type"]) for o in cfg["output"]] == [("output0", dtype)]
+    assert cfg["instance_group"][0]["count"] == s.instances and cfg["instance_group"][0]["kind"] == "KIND_CPU"
+    if s.max_batch:
+        assert cfg["dynamic_batching"]["preferred_batch_size"] == list(s.preferred_batch)
+        assert int(cfg["dynamic_batching"]["max_queue_delay_microseconds"]) == s.queue_delay_us
+    else:
+        assert "dynamic_batching" not in cfg
+    assert bool(cfg.get("model_warmup")) == s.warmup
+    assert cfg["optimization"]["input_pinned_memory"]["enable"] == (s.pinned_memory is not False)  # Triton: on by default
+    assert cfg["parameters"]["intra_op_threads"]["string_value"] == str(s.threads)
+
+
+def test_tensorrt_plan_config(tmp_path: Path) -> None:
+    """No GPU here: the plan config is parsed back from its text and checked field by field."""
+    import json
+
+    from tritonctl.metadata import ModelMeta, TensorInfo
+
+    plan = tmp_path / "engine" / "model.plan"
+    plan.parent.mkdir()
+    plan.write_bytes(b"\0" * 64)
+    ModelMeta(inputs=[TensorInfo("images", "FP16", (-1, 3, 640, 640))], outputs=[TensorInfo("output0", "FP16", (-1, 84, 8400))],
+              names={0: "person", 1: "car"}, imgsz=(640, 640), precision="fp16").write(plan.parent)
+    folder = write_model(ConfigSettings.create(name="yolov9", model_file=plan, repo=tmp_path / "repo", gpus=(0, 1),
+                                               instances=2))
+    cfg = parse_config((folder / "config.pbtxt").read_text())
+    assert cfg.platform == "tensorrt_plan" and cfg.default_model_filename == "model.plan"
+    assert cfg.max_batch_size == 16 and list(cfg.dynamic_batching.preferred_batch_size) == [4, 8]
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    assert [(i.name, i.data_type, list(i.dims)) for i in cfg.input] == [("images", mc.TYPE_FP16, [3, 640, 640])]
+    assert list(cfg.output[0].dims) == [84, 8400] and cfg.output[0].label_filename == "labels.txt"
+    group = cfg.instance_group[0]
+    assert group.kind == mc.ModelInstanceGroup.KIND_GPU and list(group.gpus) == [0, 1] and group.count == 2
+    assert (folder / "labels.txt").read_text() == "person\ncar\n"
+    assert (folder / "1" / "model.plan").stat().st_size == 64
+    assert json.loads(cfg.parameters["tritonctl"].string_value)["names"] == {"0": "person", "1": "car"}
+
+
+def test_onnxruntime_gpu_config_with_trt_accelerator(tmp_path: Path) -> None:
+    onnx = tiny_detector(tmp_path / "m.onnx", fp16=True)
+    folder = write_model(ConfigSettings.create(name="ort", model_file=onnx, repo=tmp_path / "repo", kind="gpu",
+                                               trt_accelerator=True))
+    cfg = parse_config((folder / "config.pbtxt").read_text())
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    assert cfg.platform == "onnxruntime_onnx" and cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    [acc] = cfg.optimization.execution_accelerators.gpu_execution_accelerator
+    assert acc.name == "tensorrt"
+    assert not (folder / "1" / "model.py").exists()
+
+
+@pytest.mark.parametrize(
+    ("kw", "words"),
+    [
+        ({"preferred_batch": (4, 32)}, "--preferred-batch"),
+        ({"platform": "tensorrt_plan", "kind": "cpu"}, "GPU"),
+        ({"name": "../escape"}, "model name"),
+        ({"instances": 0}, "--instances"),
+        ({"platform": "tflite"}, "unknown platform"),
+    ],
+)
+def test_contradictions_refused(tmp_path: Path, kw: dict, words: str) -> None:
+    onnx = tiny_detector(tmp_path / "m.onnx")
+    args = {"name": "m", "model_file": onnx, "repo": tmp_path / "repo", **kw}
+    with pytest.raises(BadInput, match=words):
+        ConfigSettings.create(**args)
+    assert not (tmp_path / "repo").exists()
+
+
+def test_fp16_model_with_fp32_config_refused(tmp_path: Path) -> None:
+    onnx = tiny_detector(tmp_path / "m.onnx", fp16=True)
+    result = run_cli("config", "--name", "m", "--model", str(onnx), "--repo", str(tmp_path / "repo"), "--precision", "fp32")
+    assert result.returncode == 2 and "FP16" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "repo").exists()  # nothing half-written
+
+
+def test_static_batch_limits_max_batch(tmp_path: Path) -> None:
+    onnx = tiny_detector(tmp_path / "m.onnx", batch=1)
+    with pytest.raises(BadInput, match="fixed batch of 1"):
+        write_model(ConfigSettings.create(name="m", model_file=onnx, repo=tmp_path / "repo"))
+    write_model(ConfigSettings.create(name="m", model_file=onnx, repo=tmp_path / "repo", max_batch=1, preferred_batch=()))
+
+
+def test_rewrite_replaces_atomically(tmp_path: Path) -> None:
+    onnx = tiny_detector(tmp_path / "m.onnx")
+    repo = tmp_path / "repo"
+    write_model(ConfigSettings.create(name="m", model_file=onnx, repo=repo, max_batch=8))
+    write_model(ConfigSettings.create(name="m", model_file=onnx, repo=repo, max_batch=4, preferred_batch=(2,)))
+    assert [p.name for p in repo.iterdir()] == ["m"]
+    assert parse_config((repo / "m" / "config.pbtxt").read_text()).max_batch_size == 4
