@@ -296,6 +296,57 @@ def _print_summary(summary: Any) -> None:
     out.print(table)
 
 
+# ---------------------------------------------------------------- detect
+
+
+@app.command()
+@command
+def detect(
+    sources: list[str] = typer.Argument(..., help="video files, images, folders, globs, rtsp:// or http:// URLs, webcam indexes"),
+    model: str = typer.Option(..., "--model", "-m", help="model name on the server"),
+    url: list[str] = typer.Option(["127.0.0.1:8000"], help="Triton endpoint host:port; repeat for several"),
+    protocol: str = typer.Option("http", help="http or grpc (give the gRPC port in --url)"),
+    shm: str = typer.Option("auto", help="auto (system shared memory when the server is on this host), system, none"),
+    concurrency: int | None = typer.Option(None, help="requests in flight (default: from the model's max batch)"),
+    batch: int = typer.Option(1, help="frames per request (client-side batching)"),
+    realtime: bool | None = typer.Option(None, "--realtime/--offline",
+                                         help="keep only the newest frame (default for live sources) or every frame"),
+    vid_stride: int = typer.Option(1, help="infer every Nth frame"),
+    conf: float = typer.Option(0.25),
+    iou: float = typer.Option(0.45),
+    classes: str = typer.Option("", help="only these class ids, e.g. 0,2"),
+    agnostic: bool = typer.Option(False, "--agnostic", help="NMS across classes"),
+    max_det: int = typer.Option(300),
+    output: Path | None = typer.Option(None, help="annotated video (out.mp4; out_<id>.mp4 for several sources)"),
+    json_out: Path | None = typer.Option(None, "--json", help="JSON Lines: one line per frame"),
+    summary_json: Path | None = typer.Option(None, help="the run's summary as JSON"),
+    show: bool = typer.Option(False, "--show", help="display a window (needs a display)"),
+    server_timeout: float = typer.Option(30.0, help="seconds to wait while every endpoint is down"),
+) -> None:
+    """Stream sources through a detection model on Triton: pipelined, batched, in order; annotated video and JSON Lines."""
+    from tritonctl import detect as det
+    from tritonctl.postprocess import PostSettings
+
+    post = PostSettings(conf=conf, iou=iou, max_det=max_det, agnostic=agnostic,
+                        classes=_int_list(classes, "--classes") or None)
+    settings = det.DetectSettings.create(
+        sources=sources, urls=url, model=model, protocol=protocol, shm=shm, concurrency=concurrency, batch=batch,
+        realtime=realtime, vid_stride=vid_stride, post=post, output=output, json_path=json_out,
+        summary_json=summary_json, show=show, server_timeout_s=server_timeout)
+    summary = det.run_detect(settings, progress=out)
+    det.render_summary(summary)
+    written = [p for p in (output, json_out, summary_json) if p is not None]
+    if written:
+        out.print("wrote " + ", ".join(str(p) for p in written))
+    failed = [s for s in summary["sources"] if s["error"]]
+    if failed:
+        from tritonctl.errors import TritonctlError
+
+        raise TritonctlError("; ".join(f"source {s['id']} ({s['uri']}): {s['error']}" for s in failed))
+    if summary.get("interrupted_by"):
+        raise KeyboardInterrupt
+
+
 # ---------------------------------------------------------------- config
 
 

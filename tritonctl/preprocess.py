@@ -51,10 +51,12 @@ class Preprocessor:
     The batch tensor and the canvas are allocated once; a frame size seen before reuses its geometry.
     """
 
-    def __init__(self, height: int, width: int, dtype: np.dtype | str = "float32", max_batch: int = 1) -> None:
+    def __init__(self, height: int, width: int, dtype: np.dtype | str = "float32", max_batch: int = 1,
+                 out: np.ndarray | None = None) -> None:
+        """`out`: write into this [B,3,H,W] array (e.g. a shared-memory view) instead of allocating one."""
         self.height, self.width = height, width
         self.dtype = np.dtype(dtype)
-        self.batch = np.empty((max_batch, 3, height, width), self.dtype)
+        self.batch = out if out is not None else np.empty((max_batch, 3, height, width), self.dtype)
         self._canvas = np.full((height, width, 3), PAD_VALUE, np.uint8)
         self._geometry: tuple[int, int] | None = None
         self._box: Letterbox | None = None

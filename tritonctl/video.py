@@ -1,0 +1,240 @@
+"""Frame sources (video files, RTSP/HTTP streams, webcams, images, folders, globs) read off the main thread into
+bounded queues with an explicit policy: `block` (offline: every frame, in order) or `latest` (real-time: keep the
+newest, drop the rest, and count every drop)."""
+
+from __future__ import annotations
+
+import glob
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tritonctl.errors import BadInput
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+LIVE_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "tcp://")
+
+
+@dataclass
+class Frame:
+    source: int
+    index: int  # frame number in its source (before --vid-stride)
+    image: np.ndarray
+    timestamp: float  # seconds into the source (files) or wall clock (live)
+    read_at: float  # perf_counter when decoded
+    decode_s: float
+
+
+@dataclass
+class SourceSpec:
+    id: int
+    uri: str
+    kind: str  # video, stream, webcam, images
+    paths: list[Path] = field(default_factory=list)
+
+    @property
+    def live(self) -> bool:
+        return self.kind in ("stream", "webcam")
+
+
+def parse_sources(uris: list[str]) -> list[SourceSpec]:
+    """Recognise each source, refusing what cannot be read before anything starts."""
+    if not uris:
+        raise BadInput("no source given: pass video files, image folders, globs, RTSP/HTTP URLs or webcam indexes")
+    specs = []
+    for i, uri in enumerate(uris):
+        path = Path(uri)
+        if uri.isdigit():
+            specs.append(SourceSpec(i, uri, "webcam"))
+        elif uri.lower().startswith(LIVE_PREFIXES):
+            specs.append(SourceSpec(i, uri, "stream"))
+        elif any(c in uri for c in "*?["):
+            paths = sorted(Path(p) for p in glob.glob(uri) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+            if not paths:
+                raise BadInput(f"no images match {uri!r}")
+            specs.append(SourceSpec(i, uri, "images", paths))
+        elif path.is_dir():
+            paths = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not paths:
+                raise BadInput(f"folder {uri} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            specs.append(SourceSpec(i, uri, "images", paths))
+        elif not path.exists():
+            raise BadInput(f"source {uri} does not exist: give a video file, image, folder, glob, URL or webcam index")
+        elif path.suffix.lower() in IMAGE_SUFFIXES:
+            specs.append(SourceSpec(i, uri, "images", [path]))
+        else:
+            specs.append(SourceSpec(i, uri, "video"))
+    return specs
+
+
+class FrameQueue:
+    """A bounded queue between a reader and the inference stage.
+
+    policy `block`: a full queue makes the reader wait (nothing lost). policy `latest`: a full queue drops its oldest
+    frame to make room, and `dropped` counts it."""
+
+    def __init__(self, maxsize: int, policy: str) -> None:
+        if policy not in ("block", "latest"):
+            raise ValueError(policy)
+        self.maxsize, self.policy = maxsize, policy
+        self._items: deque[Frame] = deque()
+        self._cond = threading.Condition()
+        self.dropped = 0
+        self.closed = False
+
+    def put(self, frame: Frame, stop: threading.Event) -> bool:
+        with self._cond:
+            while self.policy == "block" and len(self._items) >= self.maxsize and not stop.is_set():
+                self._cond.wait(0.1)
+            if stop.is_set():
+                return False
+            if len(self._items) >= self.maxsize:
+                self._items.popleft()
+                self.dropped += 1
+            self._items.append(frame)
+            self._cond.notify_all()
+            return True
+
+    def get_nowait(self) -> Frame | None:
+        with self._cond:
+            if not self._items:
+                return None
+            frame = self._items.popleft()
+            self._cond.notify_all()
+            return frame
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+    @property
+    def exhausted(self) -> bool:
+        with self._cond:
+            return self.closed and not self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@dataclass
+class SourceStats:
+    read: int = 0
+    skipped_stride: int = 0
+    stalls: int = 0
+    reconnects: int = 0
+    error: str = ""
+    total: int | None = None  # frames expected (files), None when unknown (live)
+    fps: float = 0.0
+    size: tuple[int, int] = (0, 0)  # width, height
+
+
+class Reader(threading.Thread):
+    """Decodes one source into its queue. A live source that stops sending is reported stalled and reopened with
+    back-off; the run goes on with the other sources meanwhile."""
+
+    def __init__(self, spec: SourceSpec, queue: FrameQueue, stop: threading.Event, vid_stride: int = 1,
+                 stall_timeout_s: float = 5.0, max_reconnects: int = 5) -> None:
+        super().__init__(name=f"reader-{spec.id}", daemon=True)
+        self.spec, self.queue, self.stop = spec, queue, stop
+        self.vid_stride, self.stall_timeout_s, self.max_reconnects = vid_stride, stall_timeout_s, max_reconnects
+        self.stats = SourceStats()
+        self._capture: Any = None
+        if spec.kind != "images":
+            self._capture = open_capture(spec)
+            self._describe(self._capture)
+        else:
+            self.stats.total = len(spec.paths)
+
+    def _describe(self, cap: Any) -> None:
+        import cv2
+
+        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        self.stats.total = count if count > 0 and not self.spec.live else None
+        self.stats.fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        self.stats.size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+
+    def run(self) -> None:
+        try:
+            frames = self._images() if self.spec.kind == "images" else self._video()
+            for index, image, ts, decode_s in frames:
+                if self.stop.is_set():
+                    break
+                self.stats.read += 1
+                if index % self.vid_stride:
+                    self.stats.skipped_stride += 1
+                    continue
+                frame = Frame(self.spec.id, index, image, ts, time.perf_counter(), decode_s)
+                if not self.queue.put(frame, self.stop):
+                    break
+        except Exception as exc:  # reported in the summary and the run's exit status, never swallowed
+            self.stats.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            if self._capture is not None:
+                self._capture.release()
+            self.queue.close()
+
+    def _images(self) -> Iterator[tuple[int, np.ndarray, float, float]]:
+        import cv2
+
+        for index, path in enumerate(self.spec.paths):
+            t = time.perf_counter()
+            image = cv2.imread(str(path))
+            if image is None:
+                self.stats.error = f"cannot read image {path}"
+                continue
+            yield index, image, 0.0, time.perf_counter() - t
+
+    def _video(self) -> Iterator[tuple[int, np.ndarray, float, float]]:
+        import cv2
+
+        index, failures, backoff = 0, 0, 0.5
+        start = time.time()
+        while not self.stop.is_set():
+            t = time.perf_counter()
+            ok = self._capture.grab() if index % self.vid_stride else False
+            if index % self.vid_stride:  # skipped frames are grabbed, never decoded
+                if ok:
+                    index += 1
+                    self.stats.read += 1
+                    self.stats.skipped_stride += 1
+                    continue
+                image = None
+            else:
+                ok, image = self._capture.read()
+            if ok and image is not None:
+                failures, backoff = 0, 0.5
+                ts = self._capture.get(cv2.CAP_PROP_POS_MSEC) / 1000 if not self.spec.live else time.time() - start
+                yield index, image, ts, time.perf_counter() - t
+                index += 1
+                continue
+            if not self.spec.live:
+                if index == 0:
+                    raise BadInput(f"{self.spec.uri}: no frame could be decoded (corrupt or unsupported video)")
+                return
+            failures += 1
+            self.stats.stalls += 1
+            if failures > self.max_reconnects:
+                raise ConnectionError(f"{self.spec.uri} stalled: no frame after {self.max_reconnects} reconnects")
+            self.stop.wait(backoff)
+            backoff = min(backoff * 2, self.stall_timeout_s)
+            self._capture.release()
+            self._capture = open_capture(self.spec, check=False)
+            self.stats.reconnects += 1
+
+
+def open_capture(spec: SourceSpec, check: bool = True) -> Any:
+    import cv2
+
+    cap = cv2.VideoCapture(int(spec.uri)) if spec.kind == "webcam" else cv2.VideoCapture(spec.uri)
+    if check and not cap.isOpened():
+        cap.release()
+        what = {"webcam": "webcam", "stream": "stream"}.get(spec.kind, "video")
+        raise BadInput(f"cannot open {what} {spec.uri}: OpenCV/FFmpeg cannot read it (corrupt, unsupported or unreachable)")
+    return cap
