@@ -84,3 +84,60 @@ def triton(tiny_repo: Path) -> Iterator[Triton]:
     server = start_local(settings)
     yield Triton(settings.url, f"127.0.0.1:{grpc}", tiny_repo, server)
     server.stop()
+
+
+# ---------------------------------------------------------------- the demo model, exported and served
+
+DEMO_PT = ROOT / "models" / "shapes-yolov8n.pt"
+
+
+@pytest.fixture(scope="session")
+def demo_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The committed demo checkpoint exported once per session (FP32 and FP16 ONNX, parity checked)."""
+    from tritonctl.export import ExportSettings, export
+
+    assert DEMO_PT.is_file(), f"{DEMO_PT} is missing: run scripts/train_demo_model.py"
+    out = tmp_path_factory.mktemp("export")
+    result = export(ExportSettings.create(model_path=DEMO_PT, out_dir=out))
+    assert result.parity is not None and result.parity.passed, result.parity
+    return out
+
+
+def build_demo_repo(repo: Path, export_dir: Path) -> Path:
+    from onnx_models import classifier
+
+    from tritonctl.repository import ConfigSettings, write_model
+
+    write_model(ConfigSettings.create(name="shapes", model_file=export_dir / "model_fp16.onnx", repo=repo, threads=1))
+    write_model(ConfigSettings.create(name="shapes32", model_file=export_dir / "model_fp32.onnx", repo=repo, threads=1))
+    write_model(ConfigSettings.create(name="notdet", model_file=classifier(repo.parent / "classifier.onnx"), repo=repo))
+    return repo
+
+
+def start_server(repo: Path, ports: list[int] | None = None) -> object:
+    from tritonctl.server import ServeSettings, start_local
+
+    http, grpc, metrics = ports or free_ports(3)
+    return start_local(ServeSettings.create(runtime="local", repo=repo, http_port=http, grpc_port=grpc, metrics_port=metrics))
+
+
+@pytest.fixture(scope="session")
+def demo_repo(tmp_path_factory: pytest.TempPathFactory, demo_export: Path) -> Path:
+    return build_demo_repo(tmp_path_factory.mktemp("demo") / "repo", demo_export)
+
+
+@pytest.fixture(scope="session")
+def demo_triton(demo_repo: Path) -> Iterator[Triton]:
+    server = start_server(demo_repo)
+    url = server.settings.url  # type: ignore[attr-defined]
+    yield Triton(url, f"127.0.0.1:{server.settings.grpc_port}", demo_repo, server)  # type: ignore[attr-defined]
+    server.stop()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="session")
+def demo_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tritonctl.synthetic import write_video
+
+    path = tmp_path_factory.mktemp("video") / "shapes.mp4"
+    write_video(path, n_frames=60, width=640, height=360, seed=7)
+    return path

@@ -37,3 +37,26 @@ def tiny_detector(path: Path, imgsz: int = 32, n_classes: int = 4, fp16: bool = 
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+def classifier(path: Path, imgsz: int = 32, n_out: int = 10) -> Path:
+    """images [B,3,S,S] -> logits [B,n_out]: a model whose output is no detection head."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((n_out, 3, 1, 1), np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("GlobalAveragePool", ["images"], ["pooled"]),
+            helper.make_node("Conv", ["pooled", "w"], ["conv"]),
+            helper.make_node("Flatten", ["conv"], ["output0"]),
+        ],
+        "classifier",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, imgsz, imgsz])],
+        [helper.make_tensor_value_info("output0", TensorProto.FLOAT, ["batch", n_out])],
+        initializer=[weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path

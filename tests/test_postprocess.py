@@ -57,13 +57,16 @@ def test_end2end_layout() -> None:
     assert det[:, 5].tolist() == [1, 2]
 
 
-def test_nms_equals_torchvision() -> None:
+@pytest.mark.parametrize("n", [1, 40, 400, 3000])  # 3000: beyond the IoU-matrix limit, the loop path
+def test_nms_equals_torchvision(n: int) -> None:
     import torch
     import torchvision
 
-    rng = np.random.default_rng(0)
-    xy = rng.uniform(0, 500, (400, 2))
-    boxes = np.concatenate([xy, xy + rng.uniform(5, 80, (400, 2))], 1).astype(np.float32)
-    scores = rng.random(400).astype(np.float32)
-    want = torchvision.ops.nms(torch.from_numpy(boxes), torch.from_numpy(scores), 0.45).numpy()
-    np.testing.assert_array_equal(nms(boxes, scores, 0.45), want)
+    rng = np.random.default_rng(n)
+    xy = rng.uniform(0, 500, (n, 2))
+    boxes = np.concatenate([xy, xy + rng.uniform(5, 80, (n, 2))], 1).astype(np.float32)
+    boxes[0, 2:] = boxes[0, :2]  # an empty box: torchvision keeps it and lets it suppress nothing
+    scores = rng.random(n).astype(np.float32)
+    for thr in (0.3, 0.45, 0.7):
+        want = torchvision.ops.nms(torch.from_numpy(boxes), torch.from_numpy(scores), thr).numpy()
+        np.testing.assert_array_equal(nms(boxes, scores, thr), want)

@@ -83,12 +83,13 @@ def serve(
     with err.status(f"starting Triton ({s.runtime}) on {s.url} …"):
         if s.runtime == "docker":
             container = server.start_docker(s)
-            record = server.ServerRecord("docker", s.url, container=container.name, repo=str(s.repo))
+            record = server.ServerRecord("docker", s.url, container=container.name, repo=str(s.repo),
+                                         metrics_url=f"{s.url.rsplit(':', 1)[0]}:{s.metrics_port}/metrics")
             log_path = None
         else:
             local = server.start_local(s)
             record = server.ServerRecord("local", s.url, pid=local.process.pid, log_file=str(local.log_file),
-                                         repo=str(s.repo))
+                                         repo=str(s.repo), metrics_url=f"{s.url.rsplit(':', 1)[0]}:{s.metrics_port}/metrics")
             log_path = local.log_file
     record.save()
     out.print(f"[green]ready[/] in {time.monotonic() - t0:.1f} s: http {s.url}, grpc {s.host}:{s.grpc_port}, "
@@ -345,6 +346,112 @@ def detect(
         raise TritonctlError("; ".join(f"source {s['id']} ({s['uri']}): {s['error']}" for s in failed))
     if summary.get("interrupted_by"):
         raise KeyboardInterrupt
+
+
+# ---------------------------------------------------------------- benchmark
+
+
+@app.command()
+@command
+def benchmark(
+    model: str = typer.Option("", "--model", "-m", help="model name on the server"),
+    url: str = typer.Option("127.0.0.1:8000", help="Triton endpoint host:port (the gRPC port with --protocol grpc)"),
+    batch_sizes: str = typer.Option("1,2,4,8,16,32", help="the seed's sweep; sizes above the model's max batch are skipped"),
+    concurrency: str = typer.Option("1", help="N or start:end[:step]"),
+    protocol: str = typer.Option("http"),
+    shared_memory: str = typer.Option("none", help="none, system or cuda"),
+    measurement_interval: int = typer.Option(5000, help="perf_analyzer window in ms"),
+    stability_percentage: int = typer.Option(10, help="perf_analyzer's allowed spread between windows"),
+    latency_budget_ms: float | None = typer.Option(None, help="pick the best throughput whose p95 fits this"),
+    out_dir: Path | None = typer.Option(None, help="default: reports/<model>-<time>"),
+    metrics_url: str | None = typer.Option(None, help="Triton metrics endpoint for GPU figures (host:8002/metrics)"),
+    apply: bool = typer.Option(False, "--apply", help="write the best batching into <repo>/<model>/config.pbtxt"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="with --apply: show the diff, change nothing"),
+    repo: Path = typer.Option(Path("model_repository"), help="the repository holding the model's config (for --apply)"),
+    doctor: bool = typer.Option(False, "--doctor", help="say which perf_analyzer would be used, and why"),
+) -> None:
+    """Sweep batch sizes (and concurrency) with perf_analyzer; CSVs, summary, best setting, plot; --apply it."""
+    from tritonctl import benchmark as bm
+    from tritonctl import perf
+    from tritonctl.errors import BadInput
+
+    if doctor:
+        _doctor(perf)
+        return
+    if not model:
+        raise BadInput("--model is required: the model name on the server (see `tritonctl status`)")
+    s = bm.BenchmarkSettings.create(
+        model=model, url=url, batch_sizes=batch_sizes, concurrency=concurrency, protocol=protocol,
+        shared_memory=shared_memory, measurement_interval_ms=measurement_interval,
+        stability_percentage=stability_percentage, latency_budget_ms=latency_budget_ms, out_dir=out_dir,
+        metrics_url=metrics_url)
+    if apply and not (repo / model / "config.pbtxt").is_file():
+        raise BadInput(f"--apply needs {repo / model / 'config.pbtxt'}: pass --repo, the repository the server loads")
+    tool = perf.find_perf_analyzer()
+    prepared = bm.plan(s)
+    result = _sweep(bm, prepared, tool)
+    _show_benchmark(result, prepared.settings)
+    if apply and result.best is not None:
+        diff = bm.apply_to_config(repo / model / "config.pbtxt", result.best, result.max_batch, dry_run)
+        out.print(diff or "config.pbtxt already holds these settings", markup=False, highlight=False)
+        if not dry_run:
+            out.print(f"applied: reload the model (restart `tritonctl serve`, or load {model!r} again in explicit mode)")
+
+
+def _doctor(perf: Any) -> None:
+    from rich.table import Table
+
+    table = Table("source", "usable", "detail", title="perf_analyzer: tried in this order")
+    chosen = None
+    for name, tool, why in perf.candidates():
+        chosen = chosen or (name if tool else None)
+        table.add_row(name, "[green]yes[/]" if tool else "[red]no[/]", tool.why if tool else why)
+    out.print(table)
+    out.print(f"benchmark will use: [bold]{chosen}[/]" if chosen else "[red]none usable: run `make setup`[/]")
+
+
+def _sweep(bm: Any, prepared: Any, tool: Any) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from tritonctl.perf import live_figure
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[live]}"),
+                  console=err) as progress:
+        task = progress.add_task("perf_analyzer", total=len(prepared.runnable), live="")
+
+        def on_start(b: int) -> None:
+            progress.update(task, description=f"batch {b}", completed=prepared.runnable.index(b))
+
+        def on_line(b: int, line: str) -> None:
+            fig = live_figure(line)
+            if fig:
+                out.print(f"  batch {b} concurrency {fig[0]}: {fig[1]:.1f} infer/s, {fig[2]:.2f} ms")
+                progress.update(task, live=f"c{fig[0]}: {fig[1]:.0f} infer/s")
+
+        result = bm.run_sweep(prepared, tool, on_start, on_line)
+        progress.update(task, completed=len(prepared.runnable))
+        return result
+
+
+def _show_benchmark(result: Any, s: Any) -> None:
+    from rich.table import Table
+
+    if result.skipped:
+        out.print(f"[yellow]skipped batch sizes {result.skipped}: above the model's max batch {result.max_batch}[/]")
+    table = Table("batch", "concurrency", "infer/s", "p50 ms", "p95 ms", "p99 ms", "queue ms", "compute ms")
+    for r in result.rows:
+        mark = " [green]best[/]" if r is result.best else ""
+        mark += " [cyan]sweet spot[/]" if r is result.sweet_spot else ""
+        v = r.values
+        table.add_row(f"{r.batch}{mark}", str(r.concurrency), f"{r.infer_per_s:.1f}",
+                      *(f"{v.get(k) or 0:.2f}" for k in ("p50_ms", "p95_ms", "p99_ms", "server_queue_ms", "compute_infer_ms")))
+    out.print(table)
+    if result.best is None:
+        out.print(f"[yellow]no setting fits the {s.latency_budget_ms} ms p95 budget[/]")
+    else:
+        out.print(f"best: batch {result.best.batch}, concurrency {result.best.concurrency}: "
+                  f"{result.best.infer_per_s:.1f} infer/s at p95 {result.best.p95_ms:.2f} ms")
+    out.print("wrote " + ", ".join(str(p) for p in result.files))
 
 
 # ---------------------------------------------------------------- config

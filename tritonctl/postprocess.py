@@ -60,9 +60,29 @@ def _xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:
     return out
 
 
+MATRIX_NMS_LIMIT = 2048  # above this many candidates an n x n IoU matrix costs more memory than it saves
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
-    """Greedy NMS on xyxy boxes; indexes of kept boxes by descending score (torchvision's rule)."""
+    """Greedy NMS on xyxy boxes; indexes of kept boxes by descending score (torchvision's rule and IoU formula)."""
     order = np.argsort(-scores, kind="stable")
+    if len(order) > MATRIX_NMS_LIMIT:
+        return _nms_loop(boxes, order, iou)
+    b = boxes[order]
+    area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    w = np.clip(np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0]), 0, None)
+    h = np.clip(np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1]), 0, None)
+    inter = w * h
+    with np.errstate(divide="ignore", invalid="ignore"):
+        suppresses = inter / (area[:, None] + area[None, :] - inter) > iou  # NaN (empty boxes) suppresses nothing
+    keep = np.ones(len(order), bool)
+    for i in range(len(order)):
+        if keep[i]:
+            keep[i + 1:] &= ~suppresses[i, i + 1:]
+    return order[keep]
+
+
+def _nms_loop(boxes: np.ndarray, order: np.ndarray, iou: float) -> np.ndarray:
     x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
     areas = (x2 - x1) * (y2 - y1)
     keep = []
@@ -73,8 +93,9 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
         w = np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0, None)
         h = np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0, None)
         inter = w * h
-        overlap = inter / (areas[i] + areas[rest] - inter + 1e-9)
-        order = rest[overlap <= iou]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            overlap = inter / (areas[i] + areas[rest] - inter)
+        order = rest[~(overlap > iou)]
     return np.asarray(keep, dtype=np.int64)
 
 

@@ -147,6 +147,7 @@ class ServerRecord:
     container: str | None = None
     log_file: str | None = None
     repo: str = ""
+    metrics_url: str | None = None
     started: float = field(default_factory=time.time)
 
     def path(self) -> Path:

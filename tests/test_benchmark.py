@@ -1,0 +1,132 @@
+"""`tritonctl benchmark`: real perf_analyzer against the real local Triton."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import Triton, free_ports, run_cli, start_server
+
+from tritonctl.benchmark import COLUMNS, Row, pick_best, pick_sweet_spot
+from tritonctl.repository import parse_config
+
+pytestmark = pytest.mark.server
+FAST = ["--measurement-interval", "400", "--stability-percentage", "60"]
+
+
+@pytest.fixture(scope="module")
+def sweep(triton: Triton, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    out = tmp_path_factory.mktemp("bench")
+    result = run_cli("benchmark", "-m", "tiny", "--url", triton.url, "--batch-sizes", "1,2,4,16", "--concurrency", "1:2",
+                     *FAST, "--out-dir", str(out), "--latency-budget-ms", "1000", timeout=600)
+    return out, result
+
+
+def test_sweep_writes_perf_analyzers_csvs(sweep: tuple[Path, object]) -> None:
+    out, result = sweep
+    assert result.returncode == 0, result.stderr  # type: ignore[attr-defined]
+    for b in (1, 2, 4):
+        with open(out / f"results_batch_{b}.csv", newline="") as f:
+            reader = csv.DictReader(f)
+            assert {"Concurrency", "Inferences/Second", "p95 latency", "Server Queue"} <= set(reader.fieldnames or [])
+            assert [r["Concurrency"] for r in reader] == ["1", "2"]
+    assert not (out / "results_batch_16.csv").exists()  # above the tiny model's max batch (8): skipped
+    assert "skipped batch sizes [16]" in result.stdout  # type: ignore[attr-defined]
+
+
+def test_summary_numbers_come_from_the_csvs(sweep: tuple[Path, object]) -> None:
+    out, _ = sweep
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(r["batch"], r["concurrency"]) for r in summary["rows"]] == [(1, 1), (1, 2), (2, 1), (2, 2), (4, 1), (4, 2)]
+    for b in (1, 2, 4):
+        with open(out / f"results_batch_{b}.csv", newline="") as f:
+            for raw in csv.DictReader(f):
+                row = next(r for r in summary["rows"] if r["batch"] == b and r["concurrency"] == int(raw["Concurrency"]))
+                assert row["infer_per_s"] == pytest.approx(float(raw["Inferences/Second"]))
+                assert row["p95_ms"] == pytest.approx(float(raw["p95 latency"]) / 1000)
+    with open(out / "summary.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 6
+    best = summary["best"]
+    assert best["infer_per_s"] == max(r["infer_per_s"] for r in summary["rows"] if r["p95_ms"] <= 1000)
+
+
+def test_plot_is_a_png(sweep: tuple[Path, object]) -> None:
+    out, _ = sweep
+    import cv2
+
+    image = cv2.imread(str(out / "throughput_vs_latency.png"))
+    assert image is not None and image.shape[0] > 300 and image.shape[1] > 500
+
+
+def _row(batch: int, conc: int, ips: float, p95: float) -> Row:
+    return Row(batch, conc, ips, {"p95_ms": p95})
+
+
+def test_best_honours_the_budget() -> None:
+    rows = [_row(1, 1, 100, 5), _row(4, 1, 300, 12), _row(8, 1, 500, 22), _row(8, 4, 600, 80)]
+    assert pick_best(rows, 20) is rows[1]
+    assert pick_best(rows, None) is rows[3]
+    assert pick_best(rows, 1) is None
+    assert pick_sweet_spot(rows, 20) is rows[1]
+    assert pick_sweet_spot(rows, None) is rows[2]  # per-image p95 still falls at batch 8 (22/8 < 12/4)
+    rows[2].values["p95_ms"] = 30
+    assert pick_sweet_spot(rows, None) is rows[1]  # ... and no longer when it rises to 30/8
+
+
+def test_apply_changes_only_batching_and_the_server_loads_it(triton: Triton, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(triton.repo / "tiny", repo / "tiny")
+    config = repo / "tiny" / "config.pbtxt"
+    before = parse_config(config.read_text())
+    dry = run_cli("benchmark", "-m", "tiny", "--url", triton.url, "--batch-sizes", "2", "--concurrency", "2", *FAST,
+                  "--out-dir", str(tmp_path / "b1"), "--apply", "--dry-run", "--repo", str(repo), timeout=300)
+    assert dry.returncode == 0, dry.stderr
+    assert "+++" in dry.stdout and parse_config(config.read_text()) == before  # dry run: shown, not written
+    applied = run_cli("benchmark", "-m", "tiny", "--url", triton.url, "--batch-sizes", "2", "--concurrency", "2", *FAST,
+                      "--out-dir", str(tmp_path / "b2"), "--apply", "--repo", str(repo), timeout=300)
+    assert applied.returncode == 0, applied.stderr
+    after = parse_config(config.read_text())
+    assert list(after.dynamic_batching.preferred_batch_size) == [2, 4]
+    a, b = type(after)(), type(before)()
+    a.CopyFrom(after)
+    b.CopyFrom(before)
+    a.ClearField("dynamic_batching")
+    b.ClearField("dynamic_batching")
+    assert a == b  # nothing but the batching fields changed
+    server = start_server(repo)
+    try:
+        import tritonclient.http as http
+
+        loaded = http.InferenceServerClient(server.settings.url).get_model_config("tiny")  # type: ignore[attr-defined]
+        assert loaded["dynamic_batching"]["preferred_batch_size"] == [2, 4]
+    finally:
+        server.stop()  # type: ignore[attr-defined]
+
+
+def _one_line(result: object, code: int, word: str) -> None:
+    assert result.returncode == code, (result.returncode, result.stderr)  # type: ignore[attr-defined]
+    lines = result.stderr.strip().splitlines()  # type: ignore[attr-defined]
+    assert len(lines) == 1 and word in lines[0], result.stderr  # type: ignore[attr-defined]
+
+
+def test_bad_inputs(triton: Triton, tmp_path: Path) -> None:
+    url = ["--url", triton.url, "--out-dir", str(tmp_path / "o")]
+    _one_line(run_cli("benchmark", "-m", "tiny", *url, "--batch-sizes", "0,2"), 2, "at least 1")
+    _one_line(run_cli("benchmark", "-m", "tiny", *url, "--batch-sizes", "64"), 2, "max batch")
+    _one_line(run_cli("benchmark", "-m", "nosuch", *url), 5, "nosuch")
+    _one_line(run_cli("benchmark", "-m", "tiny", "--url", f"127.0.0.1:{free_ports(1)[0]}"), 4, "no Triton")
+    _one_line(run_cli("benchmark", "-m", "tiny", *url, env={"TRITONCTL_PERF_ANALYZER": str(tmp_path / "none")}), 3,
+              "perf_analyzer")
+    _one_line(run_cli("benchmark", "-m", "tiny", *url, "--concurrency", "4:1"), 2, "--concurrency")
+
+
+def test_doctor_names_the_choice() -> None:
+    result = run_cli("benchmark", "--doctor")
+    assert result.returncode == 0 and "benchmark will use: project" in result.stdout
+
+
+def test_columns_cover_perf_analyzers_csv() -> None:
+    assert {"Inferences/Second", "p50 latency", "p95 latency", "p99 latency", "Server Queue"} <= set(COLUMNS)
