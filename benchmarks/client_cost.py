@@ -58,7 +58,7 @@ def main() -> int:
         session = ort.InferenceSession(str(Path(tmp) / "model_fp32.onnx"))
     frame, _ = random_scene(np.random.default_rng(0), SceneSpec(width=1920, height=1080, min_objects=5, max_objects=8))
     pre = Preprocessor(imgsz, imgsz, "float32")
-    box = pre(frame)
+    pre(frame)
     raw = session.run(None, {"images": pre.batch})[0]
     layout = head_layout(raw.shape, 4)
     post = PostSettings()

@@ -33,6 +33,19 @@ def test_dtypes_and_rows() -> None:
         np.testing.assert_allclose(centre * scale, [30, 20, 10], atol=0.1)  # RGB order
 
 
+def test_boxes_map_back_like_ultralytics() -> None:
+    import torch
+    from ultralytics.utils import ops
+
+    rng = np.random.default_rng(2)
+    for h, w in [(500, 300), (1080, 1920), (413, 731), (7, 2000)]:
+        canvas = np.concatenate([np.sort(rng.uniform(0, 192, (20, 2)), 1), np.sort(rng.uniform(0, 192, (20, 2)), 1)],
+                                1)[:, [0, 2, 1, 3]].astype(np.float32)
+        want = ops.scale_boxes((192, 192), torch.from_numpy(canvas.copy()), (h, w)).numpy()
+        got = Letterbox.fit(h, w, 192, 192).to_source(np.concatenate([canvas, np.zeros((20, 2), np.float32)], 1))
+        np.testing.assert_allclose(got[:, :4], want, rtol=1e-5, atol=1e-3)
+
+
 def test_boxes_map_back_to_source() -> None:
     box = Letterbox.fit(1080, 1920, 640, 640)
     canvas_box = np.array([[box.pad_x + 10 * box.scale, box.pad_y + 20 * box.scale,

@@ -4,6 +4,7 @@ when the server is on this host (registered once per server, re-registered when 
 
 from __future__ import annotations
 
+import http.client
 import itertools
 import json
 import os
@@ -260,7 +261,7 @@ class InferSlot:
                 self._registered.pop(ep.url, None)
                 raise TransientError(message) from exc
             raise ModelError(f"Triton refused the request on {ep.url}: {message}") from exc
-        except (OSError, ConnectionError, TimeoutError) as exc:
+        except TRANSPORT_ERRORS as exc:
             self._clients.pop(ep.url, None)
             self._registered.pop(ep.url, None)
             raise TransientError(f"{type(exc).__name__}: {exc}") from exc
@@ -295,6 +296,11 @@ class InferSlot:
                     problems.append(f"destroy {region.name}: {type(exc).__name__}")
         self._clients.clear()
         return problems
+
+
+# Errors of the connection itself (the server died or restarted, the network dropped): worth another endpoint or a
+# retry. geventhttpclient's HTTPConnectionClosed/HTTPParseError are http.client.HTTPExceptions, not OSErrors.
+TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (OSError, http.client.HTTPException)
 
 
 def _register(client: Any, region: _Shm) -> None:

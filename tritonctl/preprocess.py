@@ -36,12 +36,13 @@ class Letterbox:
         return max(1, round(self.src_w * self.scale)), max(1, round(self.src_h * self.scale))
 
     def to_source(self, boxes: np.ndarray) -> np.ndarray:
-        """xyxy on the canvas -> xyxy on the source frame, clipped to it (in place; returns boxes)."""
-        boxes[:, [0, 2]] -= self.pad_x
-        boxes[:, [1, 3]] -= self.pad_y
-        boxes[:, :4] /= self.scale
-        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, self.src_w)
-        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, self.src_h)
+        """xyxy on the canvas -> xyxy on the source frame, clipped to it (in place; returns boxes).
+
+        Each axis is divided by its true resize ratio (resized pixels / source pixels): the rounding of the resized
+        size makes it differ from `scale` by up to half a pixel over the frame, as Ultralytics' scale_boxes knows."""
+        new_w, new_h = self.resized
+        boxes[:, [0, 2]] = ((boxes[:, [0, 2]] - self.pad_x) / (new_w / self.src_w)).clip(0, self.src_w)
+        boxes[:, [1, 3]] = ((boxes[:, [1, 3]] - self.pad_y) / (new_h / self.src_h)).clip(0, self.src_h)
         return boxes
 
 

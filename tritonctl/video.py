@@ -5,6 +5,7 @@ newest, drop the rest, and count every drop)."""
 from __future__ import annotations
 
 import glob
+import os
 import threading
 import time
 from collections import deque
@@ -16,6 +17,9 @@ from typing import Any
 import numpy as np
 
 from tritonctl.errors import BadInput
+
+# FFmpeg's own logger writes straight to stderr ("moov atom not found"); we report unreadable sources ourselves.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 LIVE_PREFIXES = ("rtsp://", "rtmp://", "http://", "https://", "udp://", "tcp://")
