@@ -354,7 +354,7 @@ def summarize(run: Detection) -> dict[str, Any]:
     inferred = sum(st.inferred.values())
     return {
         "model": run.info.name, "endpoints": run.settings.urls, "protocol": run.settings.protocol,
-        "shared_memory": any(w for w in (run.settings.shm != "none",)) and any(e.local for e in run.pool.endpoints),
+        "shared_memory": run.settings.shm != "none" and any(e.local for e in run.pool.endpoints),
         "concurrency": run.concurrency, "batch": run.batch, "wall_s": wall, "fps": inferred / wall,
         "frames": {"read": sum(s["read"] for s in sources), "inferred": inferred,
                    "dropped": sum(s["dropped"] for s in sources), "interrupted": sum(s["interrupted"] for s in sources)},

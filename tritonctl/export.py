@@ -32,7 +32,8 @@ class ExportSettings:
     simplify: bool = True
     dynamic: bool = True
     batch: int = 1  # the fixed batch of a --static export
-    precisions: tuple[str, ...] = ("fp32", "fp16")
+    precisions: tuple[str, ...] = ("fp32", "fp16")  # what is built (FP16 is converted from FP32)
+    keep: tuple[str, ...] = ("fp32", "fp16")  # what is written
     fp16_io: bool = True
     check_images: Path | None = None
     n_check: int = 16
@@ -44,7 +45,7 @@ class ExportSettings:
         precisions = {"both": ("fp32", "fp16"), "fp32": ("fp32",), "fp16": ("fp32", "fp16")}.get(precision)
         if precisions is None:
             raise BadInput(f"--precision {precision!r}: choose fp32, fp16 or both")
-        s = cls(precisions=precisions, **kw)
+        s = cls(precisions=precisions, keep=precisions if precision != "fp16" else ("fp16",), **kw)
         if not s.model_path.is_file():
             raise BadInput(f"checkpoint {s.model_path} does not exist: pass the .pt to export with --model-path")
         if s.model_path.suffix != ".pt":
@@ -56,7 +57,6 @@ class ExportSettings:
         if not 0 < s.min_matched <= 1 or s.max_box_shift_px < 0:
             raise BadInput("--tolerance needs matched share in (0, 1] and a box shift >= 0 px")
         _check_writable(s.out_dir)
-        s.__dict__["keep_fp32"] = precision != "fp16"
         return s
 
 
@@ -212,10 +212,8 @@ def export(s: ExportSettings, progress: Callable[[str, float], None] = lambda st
             t = time.perf_counter()
             result.parity = check_parity(staged["fp32"], staged["fp16"], s)
             progress("FP16 vs FP32 parity", time.perf_counter() - t)
-        for precision, path in staged.items():
-            if precision == "fp32" and not s.__dict__.get("keep_fp32", True):
-                continue
-            result.files[precision] = path.replace(s.out_dir / path.name)
+        for precision in s.keep:
+            result.files[precision] = staged[precision].replace(s.out_dir / staged[precision].name)
     result.meta = meta
     sidecar = {k: json.loads(_meta_for(meta, models[k], k).to_json()) for k in result.files}
     (s.out_dir / "model.json").write_text(json.dumps({**json.loads(meta.to_json()), "files": {
