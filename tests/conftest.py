@@ -38,6 +38,15 @@ def run_cli(*args: str, timeout: float = 180, env: dict[str, str] | None = None)
                           env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
 
 
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
+    """Bad input: the exit code asked for, one line on stderr naming the problem, no traceback."""
+    assert result.returncode == code, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _state_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     path = tmp_path_factory.mktemp("state")

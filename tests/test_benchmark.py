@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import Triton, free_ports, run_cli, start_server
+from conftest import Triton, assert_one_line_error, free_ports, run_cli, start_server
 
 from tritonctl.benchmark import COLUMNS, Row, pick_best, pick_sweet_spot
 from tritonctl.repository import parse_config
@@ -106,21 +106,15 @@ def test_apply_changes_only_batching_and_the_server_loads_it(triton: Triton, tmp
         server.stop()  # type: ignore[attr-defined]
 
 
-def _one_line(result: object, code: int, word: str) -> None:
-    assert result.returncode == code, (result.returncode, result.stderr)  # type: ignore[attr-defined]
-    lines = result.stderr.strip().splitlines()  # type: ignore[attr-defined]
-    assert len(lines) == 1 and word in lines[0], result.stderr  # type: ignore[attr-defined]
-
-
 def test_bad_inputs(triton: Triton, tmp_path: Path) -> None:
     url = ["--url", triton.url, "--out-dir", str(tmp_path / "o")]
-    _one_line(run_cli("benchmark", "-m", "tiny", *url, "--batch-sizes", "0,2"), 2, "at least 1")
-    _one_line(run_cli("benchmark", "-m", "tiny", *url, "--batch-sizes", "64"), 2, "max batch")
-    _one_line(run_cli("benchmark", "-m", "nosuch", *url), 5, "nosuch")
-    _one_line(run_cli("benchmark", "-m", "tiny", "--url", f"127.0.0.1:{free_ports(1)[0]}"), 4, "no Triton")
-    _one_line(run_cli("benchmark", "-m", "tiny", *url, env={"TRITONCTL_PERF_ANALYZER": str(tmp_path / "none")}), 3,
+    assert_one_line_error(run_cli("benchmark", "-m", "tiny", *url, "--batch-sizes", "0,2"), 2, "at least 1")
+    assert_one_line_error(run_cli("benchmark", "-m", "tiny", *url, "--batch-sizes", "64"), 2, "max batch")
+    assert_one_line_error(run_cli("benchmark", "-m", "nosuch", *url), 5, "nosuch")
+    assert_one_line_error(run_cli("benchmark", "-m", "tiny", "--url", f"127.0.0.1:{free_ports(1)[0]}"), 4, "no Triton")
+    assert_one_line_error(run_cli("benchmark", "-m", "tiny", *url, env={"TRITONCTL_PERF_ANALYZER": str(tmp_path / "none")}), 3,
               "perf_analyzer")
-    _one_line(run_cli("benchmark", "-m", "tiny", *url, "--concurrency", "4:1"), 2, "--concurrency")
+    assert_one_line_error(run_cli("benchmark", "-m", "tiny", *url, "--concurrency", "4:1"), 2, "--concurrency")
 
 
 def test_doctor_names_the_choice() -> None:

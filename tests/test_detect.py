@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import DEMO_PT, ROOT, TRITONCTL, Triton, build_demo_repo, free_ports, run_cli, start_server
+from conftest import DEMO_PT, ROOT, TRITONCTL, Triton, assert_one_line_error, build_demo_repo, free_ports, run_cli, start_server
 
 from tritonctl.detect import DetectSettings, run_detect
 from tritonctl.metrics import match, precision_recall
@@ -215,20 +215,19 @@ def test_server_killed_and_restarted(demo_export: Path, long_video: Path, tmp_pa
     assert len(lines) == src["inferred"] and _video_frames(tmp_path / "o.mp4") == len(lines)
 
 
-def _one_line(result: subprocess.CompletedProcess[str], code: int, word: str) -> None:
-    assert result.returncode == code, (result.returncode, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and word in lines[0] and "Traceback" not in result.stderr, result.stderr
-
-
 def test_bad_inputs(demo_triton: Triton, demo_video: Path, tmp_path: Path) -> None:
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 10000, dtype=np.uint8).tobytes())
     url = ["--url", demo_triton.url]
-    _one_line(run_cli("detect", str(corrupt), "-m", "shapes", *url, "--json", str(tmp_path / "x.jsonl")), 2, "corrupt")
-    _one_line(run_cli("detect", str(tmp_path / "missing.mp4"), "-m", "shapes", *url), 2, "does not exist")
-    _one_line(run_cli("detect", str(demo_video), "-m", "nosuchmodel", *url), 5, "nosuchmodel")
-    _one_line(run_cli("detect", str(demo_video), "-m", "notdet", *url), 5, "detection head")
-    _one_line(run_cli("detect", str(demo_video), "-m", "shapes", "--url", f"127.0.0.1:{free_ports(1)[0]}"), 4, "no Triton")
-    _one_line(run_cli("detect", str(demo_video), "-m", "shapes", *url, "--batch", "64"), 2, "max batch")
+    dead = ["--url", f"127.0.0.1:{free_ports(1)[0]}"]
+    cases = [
+        ([str(corrupt), "-m", "shapes", *url, "--json", str(tmp_path / "x.jsonl")], 2, "corrupt"),
+        ([str(tmp_path / "missing.mp4"), "-m", "shapes", *url], 2, "does not exist"),
+        ([str(demo_video), "-m", "nosuchmodel", *url], 5, "nosuchmodel"),
+        ([str(demo_video), "-m", "notdet", *url], 5, "detection head"),
+        ([str(demo_video), "-m", "shapes", *dead], 4, "no Triton"),
+        ([str(demo_video), "-m", "shapes", *url, "--batch", "64"], 2, "max batch"),
+    ]
+    for args, code, words in cases:
+        assert_one_line_error(run_cli("detect", *args), code, words)
     assert not list(tmp_path.glob("*.jsonl")) and not list(tmp_path.glob(".*"))  # nothing half-written

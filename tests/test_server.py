@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import free_ports, run_cli
+from conftest import assert_one_line_error, free_ports, run_cli
 
 from tritonctl.errors import BadInput
 from tritonctl.server import ServeSettings, container_spec, diagnose, is_ready
@@ -72,21 +72,13 @@ def test_stacked_requests_match_single(triton: object, tiny_onnx: Path) -> None:
     assert int(stats["execution_count"]) < int(stats["inference_count"])  # some requests ran together
 
 
-def _one_line_error(result: object, code: int, *words: str) -> None:
-    assert result.returncode == code, (result.returncode, result.stderr)  # type: ignore[attr-defined]
-    lines = result.stderr.strip().splitlines()  # type: ignore[attr-defined]
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr  # type: ignore[attr-defined]
-    for word in words:
-        assert word in lines[0], lines[0]
-
-
 def test_model_that_fails_to_load(tmp_path: Path, tiny_repo: Path) -> None:
     repo = tmp_path / "repo"
     shutil.copytree(tiny_repo / "tiny", repo / "broken")
     (repo / "broken" / "config.pbtxt").write_text((repo / "broken" / "config.pbtxt").read_text().replace("tiny", "broken"))
     (repo / "broken" / "1" / "model.onnx").write_bytes(b"this is not an onnx file")
     result = run_cli("serve", "--repo", str(repo), *_ports(), "--detach", "--timeout", "60")
-    _one_line_error(result, 5, "broken", "failed to load")
+    assert_one_line_error(result, 5, "broken", "failed to load")
 
 
 def test_port_in_use(tiny_repo: Path) -> None:
@@ -97,7 +89,7 @@ def test_port_in_use(tiny_repo: Path) -> None:
         h, g = free_ports(2)
         result = run_cli("serve", "--repo", str(tiny_repo), "--http-port", str(h), "--grpc-port", str(g),
                          "--metrics-port", str(port), "--detach")
-    _one_line_error(result, 2, f"port {port}", "already in use")
+    assert_one_line_error(result, 2, f"port {port}", "already in use")
 
 
 def test_server_that_never_becomes_ready(tmp_path: Path, tiny_repo: Path) -> None:
@@ -110,7 +102,7 @@ def test_server_that_never_becomes_ready(tmp_path: Path, tiny_repo: Path) -> Non
         "import time\nclass TritonPythonModel:\n    def initialize(self, args):\n        time.sleep(60)\n")
     ports = _ports()
     result = run_cli("serve", "--repo", str(repo), *ports, "--detach", "--timeout", "3")
-    _one_line_error(result, 4, "not ready", "after 3 s")
+    assert_one_line_error(result, 4, "not ready", "after 3 s")
     assert not is_ready(f"127.0.0.1:{ports[1]}")
     with socket.socket() as sock:  # the port was given back: the server is gone
         sock.bind(("127.0.0.1", int(ports[1])))
@@ -127,14 +119,14 @@ def test_server_that_never_becomes_ready(tmp_path: Path, tiny_repo: Path) -> Non
 )
 def test_bad_input(tiny_repo: Path, args: list[str], code: int, words: list[str]) -> None:
     base = ["--repo", str(tiny_repo)] if "--repo" not in args else []
-    _one_line_error(run_cli("serve", *base, *args), code, *words)
+    assert_one_line_error(run_cli("serve", *base, *args), code, *words)
 
 
 def test_docker_unavailable_is_one_line(tiny_repo: Path) -> None:
     """No Docker engine runs on these machines: the docker runtime must say so in one line."""
     result = run_cli("serve", "--runtime", "docker", "--repo", str(tiny_repo), *_ports(),
                      env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
-    _one_line_error(result, 3, "Docker")
+    assert_one_line_error(result, 3, "Docker")
 
 
 def test_container_spec(tiny_repo: Path) -> None:

@@ -262,14 +262,19 @@ def _pid_alive(pid: int) -> bool:
 # ---------------------------------------------------------------- docker runtime
 
 
+def gpu_request(gpus: str) -> Any:
+    """A docker DeviceRequest for exactly the GPUs asked for (`all`, or indexes such as `0,1`)."""
+    from docker.types import DeviceRequest
+
+    ids = gpu_ids(gpus)
+    if ids is None:
+        return DeviceRequest(count=-1, capabilities=[["gpu"]])
+    return DeviceRequest(device_ids=ids, capabilities=[["gpu"]])
+
+
 def container_spec(s: ServeSettings) -> dict[str, Any]:
     """Keyword arguments for docker's `containers.run`: only the GPUs asked for, the repository read-only,
     never privileged, ports published on the host address asked for."""
-    from docker.types import DeviceRequest
-
-    ids = gpu_ids(s.gpus)
-    request = DeviceRequest(count=-1, capabilities=[["gpu"]]) if ids is None else \
-        DeviceRequest(device_ids=ids, capabilities=[["gpu"]])
     return {
         "image": s.image,
         "command": ["tritonserver", f"--model-repository={CONTAINER_REPO}", "--log-verbose=0"],
@@ -278,7 +283,7 @@ def container_spec(s: ServeSettings) -> dict[str, Any]:
         "detach": True,
         "remove": False,
         "privileged": False,
-        "device_requests": [request],
+        "device_requests": [gpu_request(s.gpus)],
         "volumes": {str(s.repo.resolve()): {"bind": CONTAINER_REPO, "mode": "ro"}},
         "ports": {"8000/tcp": (s.host, s.http_port), "8001/tcp": (s.host, s.grpc_port),
                   "8002/tcp": (s.host, s.metrics_port)},
