@@ -14,16 +14,16 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
-from rich.console import Console
 
 from tritonctl.errors import TritonctlError
+from tritonctl.ui import console
 
 app = typer.Typer(
     help="From a YOLO checkpoint to real-time object detection on NVIDIA Triton Inference Server.",
     no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
 )
-err = Console(stderr=True)
-out = Console()
+err = console(stderr=True)
+out = console()
 F = TypeVar("F", bound=Callable[..., Any])
 
 

@@ -368,10 +368,11 @@ def summarize(run: Detection) -> dict[str, Any]:
 
 
 def render_summary(summary: dict[str, Any]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from tritonctl.ui import console
+
+    con = console()
     src = Table("source", "policy", "read", "inferred", "dropped", "fps", "stalls", "error",
                 title=f"{summary['model']}: {summary['frames']['inferred']} frames in {summary['wall_s']:.1f} s = "
                       f"{summary['fps']:.1f} fps (concurrency {summary['concurrency']}, batch {summary['batch']}, "
@@ -379,7 +380,7 @@ def render_summary(summary: dict[str, Any]) -> None:
     for s in summary["sources"]:
         src.add_row(f"{s['id']}: {s['uri']}", s["policy"], str(s["read"]), str(s["inferred"]),
                     str(s["dropped"] + s["interrupted"]), f"{s['fps']:.1f}", str(s["stalls"]), s["error"] or "")
-    console.print(src)
+    con.print(src)
     lat = Table("stage (ms)", "p50", "p95", "p99", "mean")
     for stage, p in summary["latency_ms"].items():
         if p:
@@ -388,9 +389,9 @@ def render_summary(summary: dict[str, Any]) -> None:
     if server.get("inferences"):
         lat.add_row("server queue (avg)", "", "", "", f"{server['queue_ms']:.2f}")
         lat.add_row("server compute (avg)", "", "", "", f"{server['compute_ms']:.2f}")
-    console.print(lat)
+    con.print(lat)
     if summary["retries"] or summary["problems"]:
-        console.print(f"[yellow]retries {summary['retries']}, endpoints down up to {summary['all_down_s']:.1f} s"
+        con.print(f"[yellow]retries {summary['retries']}, endpoints down up to {summary['all_down_s']:.1f} s"
                       f"{'; ' + '; '.join(summary['problems']) if summary['problems'] else ''}[/]")
 
 

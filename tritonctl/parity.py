@@ -118,8 +118,9 @@ def check_parity(fp32: Path, fp16: Path, settings: Any) -> ParityReport:
 
 
 def render(report: ParityReport) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from tritonctl.ui import console
 
     table = Table("FP16 vs FP32", "value", title=f"parity on {report.source}")
     rows = [
@@ -132,4 +133,4 @@ def render(report: ParityReport) -> None:
         rows.append(("mAP50 FP32 / FP16 (ground truth)", f"{report.map50_fp32:.4f} / {report.map50_fp16:.4f}"))
     for row in rows:
         table.add_row(*row)
-    Console().print(table)
+    console().print(table)

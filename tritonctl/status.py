@@ -81,14 +81,15 @@ def _model_status(client: Any, entry: dict[str, Any]) -> ModelStatus:
 
 
 def render(status: ServerStatus) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from tritonctl.ui import console
+
+    con = console()
     health = "[green]ready[/]" if status.ready else ("[yellow]live, not ready[/]" if status.live else "[red]down[/]")
-    console.print(f"Triton {status.version} at {status.url}: {health}")
+    con.print(f"Triton {status.version} at {status.url}: {health}")
     if status.extensions:
-        console.print(f"[dim]extensions: {', '.join(status.extensions)}[/]")
+        con.print(f"[dim]extensions: {', '.join(status.extensions)}[/]")
     table = Table("model", "version", "state", "platform/backend", "max batch", "inferences", "executions",
                   "avg queue ms", "avg compute ms")
     fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
@@ -96,4 +97,4 @@ def render(status: ServerStatus) -> None:
         state = f"[green]{m.state}[/]" if m.state == "READY" else f"[red]{m.state}[/] {m.reason}"
         table.add_row(m.name, m.version or "-", state, m.platform or "-", "-" if m.max_batch is None else str(m.max_batch),
                       str(m.inference_count), str(m.execution_count), fmt(m.avg_queue_ms), fmt(m.avg_compute_ms))
-    console.print(table)
+    con.print(table)
