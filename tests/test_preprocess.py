@@ -74,3 +74,11 @@ def test_sliver_frames() -> None:
 def test_empty_frame_rejected() -> None:
     with pytest.raises(ValueError, match="empty frame"):
         Preprocessor(64, 64)(np.zeros((0, 10, 3), np.uint8))
+
+
+def test_fp16_table_equals_fp32_rounded() -> None:
+    frame = np.random.default_rng(1).integers(0, 256, (720, 1280, 3), dtype=np.uint8)
+    half, full = Preprocessor(192, 192, "float16"), Preprocessor(192, 192, "float32")
+    half(frame)
+    full(frame)
+    np.testing.assert_array_equal(half.batch, full.batch.astype(np.float16))

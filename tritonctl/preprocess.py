@@ -62,6 +62,9 @@ class Preprocessor:
         self._geometry: tuple[int, int] | None = None
         self._box: Letterbox | None = None
         self._scale = np.float32(1 / 255)
+        # uint8 -> float16 through a 256-entry table: 0.12 ms instead of 0.41 ms for a strided multiply-and-cast at
+        # 192x192 (bit-identical). For float32, numpy's multiply is the faster of the two.
+        self._lut16 = (np.arange(256, dtype=np.float32) * self._scale).astype(np.float16)
 
     def letterbox(self, frame: np.ndarray) -> Letterbox:
         """Place a frame on the canvas; returns its geometry."""
@@ -86,7 +89,13 @@ class Preprocessor:
 
     def __call__(self, frame: np.ndarray, row: int = 0) -> Letterbox:
         """Letterbox `frame` into row `row` of `self.batch` (RGB, scaled to 0..1 unless the model takes uint8)."""
+        import cv2
+
         box = self.letterbox(frame)
+        if self.dtype == np.float16:
+            for channel, plane in enumerate(reversed(cv2.split(self._canvas))):  # BGR planes, taken as RGB
+                np.take(self._lut16, plane, out=self.batch[row, channel])
+            return box
         rgb_chw = self._canvas[:, :, ::-1].transpose(2, 0, 1)
         if self.dtype == np.uint8:
             self.batch[row] = rgb_chw
