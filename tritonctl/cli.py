@@ -323,6 +323,8 @@ def detect(
     summary_json: Path | None = typer.Option(None, help="the run's summary as JSON"),
     show: bool = typer.Option(False, "--show", help="display a window (needs a display)"),
     server_timeout: float = typer.Option(30.0, help="seconds to wait while every endpoint is down"),
+    stall_timeout: float = typer.Option(5.0, help="seconds of silence before a live source counts as stalled"),
+    reconnects: int = typer.Option(5, help="reopen attempts (with back-off) for a stalled live source"),
 ) -> None:
     """Stream sources through a detection model on Triton: pipelined, batched, in order; annotated video and JSON Lines."""
     from tritonctl import detect as det
@@ -333,7 +335,8 @@ def detect(
     settings = det.DetectSettings.create(
         sources=sources, urls=url, model=model, protocol=protocol, shm=shm, concurrency=concurrency, batch=batch,
         realtime=realtime, vid_stride=vid_stride, post=post, output=output, json_path=json_out,
-        summary_json=summary_json, show=show, server_timeout_s=server_timeout)
+        summary_json=summary_json, show=show, server_timeout_s=server_timeout, stall_timeout_s=stall_timeout,
+        reconnects=reconnects)
     summary = det.run_detect(settings, progress=out)
     det.render_summary(summary)
     written = [p for p in (output, json_out, summary_json) if p is not None]

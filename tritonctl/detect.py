@@ -43,6 +43,8 @@ class DetectSettings:
     show: bool = False
     server_timeout_s: float = 30.0
     queue_size: int = 8
+    stall_timeout_s: float = 5.0
+    reconnects: int = 5
 
     @classmethod
     def create(cls, *, sources: list[str], urls: list[str], **kw: Any) -> DetectSettings:
@@ -53,6 +55,8 @@ class DetectSettings:
             raise BadInput(f"--shm {s.shm!r}: choose auto, system or none")
         if s.concurrency is not None and s.concurrency < 1:
             raise BadInput("--concurrency must be at least 1")
+        if s.stall_timeout_s <= 0 or s.reconnects < 0:
+            raise BadInput("--stall-timeout must be positive and --reconnects at least 0")
         if s.batch < 1 or s.vid_stride < 1 or s.queue_size < 1:
             raise BadInput("--batch, --vid-stride and the queue size must be at least 1")
         if not 0 <= s.post.conf <= 1 or not 0 <= s.post.iou <= 1:
@@ -234,8 +238,8 @@ class Detection:
         self.concurrency = settings.concurrency or max(2, min(8, max_batch // 2))
         self.pool = EndpointPool(settings.urls)
         self.queues = [FrameQueue(settings.queue_size, self._policy(s)) for s in settings.sources]
-        self.readers = [Reader(s, q, self.stop, settings.vid_stride) for s, q in zip(settings.sources, self.queues,
-                                                                                     strict=True)]
+        self.readers = [Reader(s, q, self.stop, settings.vid_stride, settings.stall_timeout_s, settings.reconnects)
+                        for s, q in zip(settings.sources, self.queues, strict=True)]
         self.dispatcher = Dispatcher(self.queues)
         self.on_result = on_result
         self._pending: dict[int, Result] = {}

@@ -93,7 +93,8 @@ class Preprocessor:
 
         box = self.letterbox(frame)
         if self.dtype == np.float16:
-            for channel, plane in enumerate(reversed(cv2.split(self._canvas))):  # BGR planes, taken as RGB
+            planes: list[np.ndarray] = list(cv2.split(self._canvas))
+            for channel, plane in enumerate(reversed(planes)):  # BGR planes, taken as RGB
                 np.take(self._lut16, plane, out=self.batch[row, channel])
             return box
         rgb_chw = self._canvas[:, :, ::-1].transpose(2, 0, 1)

@@ -151,7 +151,7 @@ class Reader(threading.Thread):
         self.stats = SourceStats()
         self._capture: Any = None
         if spec.kind != "images":
-            self._capture = open_capture(spec)
+            self._capture = open_capture(spec, timeout_s=stall_timeout_s)
             self._describe(self._capture)
         else:
             self.stats.total = len(spec.paths)
@@ -202,26 +202,22 @@ class Reader(threading.Thread):
         start = time.time()
         while not self.stop.is_set():
             t = time.perf_counter()
-            ok = self._capture.grab() if index % self.vid_stride else False
-            if index % self.vid_stride:  # skipped frames are grabbed, never decoded
-                if ok:
-                    index += 1
+            skip = bool(index % self.vid_stride)  # frames skipped by --vid-stride are grabbed, never decoded
+            ok, image = (self._capture.grab(), None) if skip else self._capture.read()
+            if ok:
+                failures, backoff = 0, 0.5
+                if image is None:
                     self.stats.read += 1
                     self.stats.skipped_stride += 1
-                    continue
-                image = None
-            else:
-                ok, image = self._capture.read()
-            if ok and image is not None:
-                failures, backoff = 0, 0.5
-                ts = self._capture.get(cv2.CAP_PROP_POS_MSEC) / 1000 if not self.spec.live else time.time() - start
-                yield index, image, ts, time.perf_counter() - t
+                else:
+                    ts = time.time() - start if self.spec.live else self._capture.get(cv2.CAP_PROP_POS_MSEC) / 1000
+                    yield index, image, ts, time.perf_counter() - t
                 index += 1
                 continue
             if not self.spec.live:
                 if index == 0:
                     raise BadInput(f"{self.spec.uri}: no frame could be decoded (corrupt or unsupported video)")
-                return
+                return  # the end of the file
             failures += 1
             self.stats.stalls += 1
             if failures > self.max_reconnects:
@@ -229,14 +225,22 @@ class Reader(threading.Thread):
             self.stop.wait(backoff)
             backoff = min(backoff * 2, self.stall_timeout_s)
             self._capture.release()
-            self._capture = open_capture(self.spec, check=False)
+            self._capture = open_capture(self.spec, check=False, timeout_s=self.stall_timeout_s)
             self.stats.reconnects += 1
 
 
-def open_capture(spec: SourceSpec, check: bool = True) -> Any:
+def open_capture(spec: SourceSpec, check: bool = True, timeout_s: float = 5.0) -> Any:
     import cv2
 
-    cap = cv2.VideoCapture(int(spec.uri)) if spec.kind == "webcam" else cv2.VideoCapture(spec.uri)
+    if spec.kind == "webcam":
+        cap = cv2.VideoCapture(int(spec.uri))
+    elif spec.kind == "stream":
+        # FFmpeg waits 30 s by default on a silent stream; a stall should be noticed (and retried) much sooner.
+        ms = int(timeout_s * 1000)
+        cap = cv2.VideoCapture(spec.uri, cv2.CAP_FFMPEG,
+                               [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
+    else:
+        cap = cv2.VideoCapture(spec.uri)
     if check and not cap.isOpened():
         cap.release()
         what = {"webcam": "webcam", "stream": "stream"}.get(spec.kind, "video")

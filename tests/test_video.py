@@ -1,0 +1,144 @@
+"""Sources and readers: recognising sources, queue policies, stride, and a live stream that stalls and goes away."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import Triton
+
+from tritonctl.errors import BadInput
+from tritonctl.video import Frame, FrameQueue, parse_sources
+
+
+class CameraServer:
+    """An IP camera on loopback: MJPEG over HTTP (multipart/x-mixed-replace), `per_connection` frames at `fps`, then
+    silence for `silence_s` (a stall) and a closed connection; after `connections` clients it answers 503 (gone)."""
+
+    def __init__(self, frames: list[bytes], fps: float = 30, per_connection: int = 30, silence_s: float = 2.0,
+                 connections: int = 2) -> None:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                server.served += 1
+                if server.served > connections:
+                    self.send_error(503)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+                self.end_headers()
+                try:
+                    for i in range(per_connection):
+                        jpeg = frames[i % len(frames)]
+                        self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: " +
+                                         str(len(jpeg)).encode() + b"\r\n\r\n" + jpeg + b"\r\n")
+                        self.wfile.flush()
+                        time.sleep(1 / fps)
+                    time.sleep(silence_s)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client hung up first: what a camera sees when a viewer leaves
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.served = 0
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/stream.mjpg"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture()
+def camera() -> Iterator[CameraServer]:
+    import cv2
+
+    from tritonctl.synthetic import video_frames
+
+    frames = [cv2.imencode(".jpg", f)[1].tobytes() for f, _ in video_frames(30, 640, 360, seed=9)]
+    server = CameraServer(frames)
+    yield server
+    server.close()
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_stalled_stream_is_reported_retried_and_the_run_goes_on(demo_triton: Triton, demo_video: Path,
+                                                                 camera: CameraServer) -> None:
+    from tritonctl.detect import DetectSettings, run_detect
+
+    settings = DetectSettings.create(sources=[camera.url, str(demo_video)], urls=[demo_triton.url], model="shapes",
+                                     stall_timeout_s=1.0, reconnects=2)
+    summary = run_detect(settings)
+    stream, video = summary["sources"]
+    assert stream["policy"] == "latest" and video["policy"] == "block"
+    assert stream["stalls"] >= 2 and stream["reconnects"] >= 2 and camera.served >= 3
+    assert "stalled" in stream["error"]
+    assert 40 <= stream["read"] <= 60  # two connections of 30 frames (FFmpeg may lose one at a boundary)
+    assert stream["read"] == stream["inferred"] + stream["dropped"] + stream["interrupted"]
+    assert video["inferred"] == 60 and video["error"] == ""  # the file finished while the stream stalled
+
+
+def test_parse_sources(tmp_path: Path, demo_video: Path) -> None:
+    import cv2
+
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / f"{i}.png"), np.zeros((8, 8, 3), np.uint8))
+    specs = parse_sources([str(demo_video), str(tmp_path), str(tmp_path / "*.png"), "rtsp://cam/1", "0",
+                           str(tmp_path / "1.png")])
+    assert [s.kind for s in specs] == ["video", "images", "images", "stream", "webcam", "images"]
+    assert [s.id for s in specs] == list(range(6)) and len(specs[1].paths) == 3 and specs[3].live
+    for bad, words in [([], "no source"), ([str(tmp_path / "nope.mp4")], "does not exist"),
+                       ([str(tmp_path / "*.jpg")], "no images match"), ([str(tmp_path / "empty")], "does not exist")]:
+        with pytest.raises(BadInput, match=words):
+            parse_sources(bad)
+
+
+def _frame(i: int) -> Frame:
+    return Frame(0, i, np.zeros((1, 1, 3), np.uint8), 0.0, time.perf_counter(), 0.0)
+
+
+def test_latest_policy_drops_oldest_and_counts() -> None:
+    q, stop = FrameQueue(2, "latest"), threading.Event()
+    for i in range(5):
+        assert q.put(_frame(i), stop)
+    assert q.dropped == 3
+    assert [q.get_nowait().index, q.get_nowait().index] == [3, 4]  # type: ignore[union-attr]
+
+
+def test_block_policy_waits_and_loses_nothing() -> None:
+    q, stop = FrameQueue(1, "block"), threading.Event()
+    q.put(_frame(0), stop)
+    writer = threading.Thread(target=q.put, args=(_frame(1), stop))
+    writer.start()
+    time.sleep(0.2)
+    assert writer.is_alive() and len(q) == 1  # the reader waits while the queue is full
+    assert q.get_nowait().index == 0  # type: ignore[union-attr]
+    writer.join(2)
+    assert q.get_nowait().index == 1 and q.dropped == 0  # type: ignore[union-attr]
+    q.close()
+    assert q.exhausted
+
+
+def test_reader_stride_on_a_video(demo_video: Path) -> None:
+    from tritonctl.video import Reader
+
+    [spec] = parse_sources([str(demo_video)])
+    q, stop = FrameQueue(100, "block"), threading.Event()
+    reader = Reader(spec, q, stop, vid_stride=3)
+    assert reader.stats.total == 60 and reader.stats.size == (640, 360)
+    reader.start()
+    reader.join(30)
+    frames = []
+    while (f := q.get_nowait()) is not None:
+        frames.append(f.index)
+    assert frames == list(range(0, 60, 3)) and reader.stats.read == 60 and reader.stats.skipped_stride == 40
