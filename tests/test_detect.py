@@ -140,6 +140,17 @@ def test_dead_endpoint_is_skipped(demo_triton: Triton, demo_video: Path, tmp_pat
     assert set(summary["per_endpoint"]) == {demo_triton.url} and summary["retries"] >= 1
 
 
+def test_requests_spread_over_healthy_endpoints(demo_triton: Triton, demo_repo: Path, demo_video: Path) -> None:
+    second = start_server(demo_repo)
+    try:
+        urls = [demo_triton.url, second.settings.url]  # type: ignore[attr-defined]
+        summary = run_detect(DetectSettings.create(sources=[str(demo_video)], urls=urls, model="shapes", concurrency=4))
+    finally:
+        second.stop()  # type: ignore[attr-defined]
+    assert set(summary["per_endpoint"]) == set(urls) and min(summary["per_endpoint"].values()) >= 10
+    assert sum(summary["per_endpoint"].values()) == 60 and summary["retries"] == 0
+
+
 def test_annotated_video_output(demo_triton: Triton, demo_video: Path, tmp_path: Path) -> None:
     result = run_cli("detect", str(demo_video), "-m", "shapes", "--url", demo_triton.url, "--output",
                      str(tmp_path / "out.mp4"), "--json", str(tmp_path / "out.jsonl"), "--summary-json",
@@ -227,7 +238,8 @@ def test_bad_inputs(demo_triton: Triton, demo_video: Path, tmp_path: Path) -> No
         ([str(demo_video), "-m", "notdet", *url], 5, "detection head"),
         ([str(demo_video), "-m", "shapes", *dead], 4, "no Triton"),
         ([str(demo_video), "-m", "shapes", *url, "--batch", "64"], 2, "max batch"),
+        ([str(demo_video), "-m", "shapes", *url, "--show"], 2, "display"),
     ]
     for args, code, words in cases:
-        assert_one_line_error(run_cli("detect", *args), code, words)
+        assert_one_line_error(run_cli("detect", *args, env={"DISPLAY": ""}), code, words)
     assert not list(tmp_path.glob("*.jsonl")) and not list(tmp_path.glob(".*"))  # nothing half-written

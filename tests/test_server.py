@@ -164,3 +164,27 @@ def test_diagnose_reads_tritons_own_lines() -> None:
     assert diagnose(log) == ("model 'yolo' (version 1) failed to load: Invalid argument: unexpected inference output "
                              "'out', allowed outputs are: output0")
     assert diagnose("E1125 05:00:00.000 1 server.cc:2] bind failed\n") == "bind failed"
+
+
+def test_foreground_serve_stops_on_ctrl_c(tiny_repo: Path) -> None:
+    import signal
+    import subprocess
+
+    from conftest import ROOT, TRITONCTL
+
+    ports = _ports()
+    url = f"127.0.0.1:{ports[1]}"
+    proc = subprocess.Popen([*TRITONCTL, "serve", "--repo", str(tiny_repo), *ports], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # the foreground loop has started once it says how to stop it
+            if "Ctrl-C stops the server" in line:
+                break
+        assert is_ready(url)
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+    assert not is_ready(url)

@@ -92,9 +92,14 @@ def serve(
                                          repo=str(s.repo), metrics_url=f"{s.url.rsplit(':', 1)[0]}:{s.metrics_port}/metrics")
             log_path = local.log_file
     record.save()
-    out.print(f"[green]ready[/] in {time.monotonic() - t0:.1f} s: http {s.url}, grpc {s.host}:{s.grpc_port}, "
-              f"metrics {s.host}:{s.metrics_port}" + (f", log {log_path}" if log_path else ""))
-    render(query(s.url))
+    try:
+        out.print(f"[green]ready[/] in {time.monotonic() - t0:.1f} s: http {s.url}, grpc {s.host}:{s.grpc_port}, "
+                  f"metrics {s.host}:{s.metrics_port}" + (f", log {log_path}" if log_path else ""))
+        render(query(s.url))
+    except BaseException:
+        if not s.detach:  # Ctrl-C (or an error) before the foreground loop must not leave the server behind
+            server.stop_record(record, timeout_s=15)
+        raise
     if s.detach:
         out.print("stop it with [bold]tritonctl stop[/]")
         return
