@@ -77,17 +77,18 @@ class ExportResult:
     parity: Any = None
 
 
-def load_checkpoint(path: Path) -> Any:
+def load_checkpoint(path: Path, shown_as: Path | None = None) -> Any:
     """The Ultralytics model in a checkpoint, refusing what we cannot serve as a detector."""
+    shown = shown_as or path
     try:
         from ultralytics import YOLO
 
         model = YOLO(str(path))
     except Exception as exc:
-        raise BadInput(f"{path} is not a checkpoint Ultralytics can load ({exc.__class__.__name__}: "
+        raise BadInput(f"{shown} is not a checkpoint Ultralytics can load ({exc.__class__.__name__}: "
                        f"{str(exc).splitlines()[0][:160] if str(exc) else 'no detail'})") from exc
     if model.task not in SUPPORTED_TASKS:
-        raise BadInput(f"{path.name} is a {model.task} model: tritonctl exports detection models only "
+        raise BadInput(f"{shown.name} is a {model.task} model: tritonctl exports detection models only "
                        f"(YOLOv5u/v8/v9/v10/11 detect)")
     return model
 
@@ -175,18 +176,17 @@ def export(s: ExportSettings, progress: Callable[[str, float], None] = lambda st
 
     result = ExportResult()
     t0 = time.perf_counter()
-    yolo = load_checkpoint(s.model_path)
-    imgsz = s.imgsz or int(yolo.overrides.get("imgsz") or getattr(yolo.model, "args", {}).get("imgsz", 640))
-    progress("load checkpoint", time.perf_counter() - t0)
-
     with tempfile.TemporaryDirectory(dir=s.out_dir, prefix=".export-") as tmp:
-        t = time.perf_counter()
-        pt_copy = Path(tmp) / s.model_path.name  # Ultralytics writes next to the checkpoint: keep that in our temp dir
+        # Ultralytics writes its ONNX next to the checkpoint it loaded: load a copy in our temp folder, once.
+        pt_copy = Path(tmp) / s.model_path.name
         shutil.copy2(s.model_path, pt_copy)
-        from ultralytics import YOLO
+        yolo = load_checkpoint(pt_copy, shown_as=s.model_path)
+        imgsz = s.imgsz or int(yolo.overrides.get("imgsz") or getattr(yolo.model, "args", {}).get("imgsz", 640))
+        progress("load checkpoint", time.perf_counter() - t0)
 
-        exported = _quiet(YOLO(str(pt_copy)).export)(format="onnx", imgsz=imgsz, dynamic=s.dynamic, batch=s.batch,
-                                             simplify=s.simplify, opset=s.opset, half=False, device="cpu", verbose=False)
+        t = time.perf_counter()
+        exported = _quiet(yolo.export)(format="onnx", imgsz=imgsz, dynamic=s.dynamic, batch=s.batch,
+                                       simplify=s.simplify, opset=s.opset, half=False, device="cpu", verbose=False)
         fp32 = onnx.load(str(exported))
         _pin_spatial_axes(fp32, (imgsz, imgsz), s.dynamic)
         progress("export FP32 ONNX", time.perf_counter() - t)
