@@ -243,3 +243,27 @@ def test_bad_inputs(demo_triton: Triton, demo_video: Path, tmp_path: Path) -> No
     for args, code, words in cases:
         assert_one_line_error(run_cli("detect", *args, env={"DISPLAY": ""}), code, words)
     assert not list(tmp_path.glob("*.jsonl")) and not list(tmp_path.glob(".*"))  # nothing half-written
+
+
+def test_end_to_end_head_through_triton(tmp_path: Path, demo_video: Path) -> None:
+    """A YOLOv10 (built from its yaml: untrained, so it finds nothing) exports with its [B,300,6] end-to-end head,
+    is served by the real Triton, and detect recognises and decodes that layout."""
+    from ultralytics import YOLO
+
+    from tritonctl.client import fetch_model_info
+    from tritonctl.export import ExportSettings, export
+    from tritonctl.repository import ConfigSettings, write_model
+
+    pt = tmp_path / "yolov10n.pt"
+    YOLO("yolov10n.yaml").save(str(pt))
+    result = export(ExportSettings.create(model_path=pt, out_dir=tmp_path / "export", imgsz=160, n_check=2))
+    assert result.meta is not None and result.meta.outputs[0].shape[1:] == (300, 6)
+    write_model(ConfigSettings.create(name="v10", model_file=tmp_path / "export" / "model_fp16.onnx", repo=tmp_path / "repo"))
+    server = start_server(tmp_path / "repo")
+    try:
+        url = server.settings.url  # type: ignore[attr-defined]
+        assert fetch_model_info("http", url, "v10").layout == "end2end"
+        summary = run_detect(DetectSettings.create(sources=[str(demo_video)], urls=[url], model="v10", vid_stride=20))
+    finally:
+        server.stop()  # type: ignore[attr-defined]
+    assert summary["frames"]["inferred"] == 3 and summary["frames"]["dropped"] == 0

@@ -25,6 +25,7 @@ def test_both_models_with_metadata(demo_export: Path) -> None:
     assert (fp32.precision, fp16.precision, fp32.stride, fp32.task) == ("fp32", "fp16", 32, "detect")
     sidecar = json.loads((demo_export / "model.json").read_text())
     assert set(sidecar["files"]) == {"fp32", "fp16"} and sidecar["names"]["3"] == "cross"
+    assert sidecar["inputs"][0]["shape"] == [-1, 3, side, side] and sidecar["outputs"][0]["shape"] == [-1, 8, anchors]
 
 
 def test_dynamic_batch_runs_any_batch(demo_export: Path) -> None:

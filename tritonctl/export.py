@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tritonctl.errors import BadInput
-from tritonctl.metadata import ModelMeta, read_onnx, tensors_of
+from tritonctl.metadata import ModelMeta, tensors_of
 
 SUPPORTED_TASKS = ("detect",)
 FILES = {"fp32": "model_fp32.onnx", "fp16": "model_fp16.onnx"}
@@ -185,15 +185,18 @@ def export(s: ExportSettings, progress: Callable[[str, float], None] = lambda st
         progress("load checkpoint", time.perf_counter() - t0)
 
         t = time.perf_counter()
+        # A head with an NMS-free branch (YOLOv10) exports it: [B, 300, 6] boxes that need no NMS downstream.
+        end2end = {"nms": False} if hasattr(yolo.model.model[-1], "one2one_cv2") else {}
         exported = _quiet(yolo.export)(format="onnx", imgsz=imgsz, dynamic=s.dynamic, batch=s.batch,
-                                       simplify=s.simplify, opset=s.opset, half=False, device="cpu", verbose=False)
+                                       simplify=s.simplify, opset=s.opset, half=False, device="cpu", verbose=False,
+                                       **end2end)
         fp32 = onnx.load(str(exported))
         _pin_spatial_axes(fp32, (imgsz, imgsz), s.dynamic)
         progress("export FP32 ONNX", time.perf_counter() - t)
 
         names = {int(k): str(v) for k, v in yolo.names.items()}
-        base = read_onnx(Path(exported))
-        meta = ModelMeta(inputs=base.inputs, outputs=base.outputs, names=names, imgsz=(imgsz, imgsz),
+        inputs, outputs = tensors_of(fp32)  # after pinning: only the batch axis is dynamic
+        meta = ModelMeta(inputs=inputs, outputs=outputs, names=names, imgsz=(imgsz, imgsz),
                          stride=int(max(yolo.model.stride)), task=yolo.task, precision="fp32", source=s.model_path.name,
                          extra={"ultralytics_model": type(yolo.model).__name__})
         models = {"fp32": fp32}
