@@ -45,7 +45,8 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=300)
     ap.add_argument("--model-precision", default="fp32", choices=("fp16", "fp32"),
                     help="fp32 is the faster one on the CPU runner; fp16 is for GPUs")
-    ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads in the server")
+    ap.add_argument("--instances", type=int, default=None, help="CPU-runner instances (default: one per core)")
+    ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads per instance (default: 1)")
     args = ap.parse_args()
 
     from tritonctl.export import ExportSettings, export
@@ -57,7 +58,9 @@ def main() -> int:
         work = Path(tmp)
         export(ExportSettings.create(model_path=ROOT / "models" / "shapes-yolov8n.pt", out_dir=work / "export"))
         onnx = work / "export" / f"model_{args.model_precision}.onnx"
-        write_model(ConfigSettings.create(name="shapes", model_file=onnx, repo=work / "repo", threads=args.threads))
+        cfg = ConfigSettings.create(name="shapes", model_file=onnx, repo=work / "repo", instances=args.instances,
+                                    threads=args.threads)
+        write_model(cfg)
         imgsz = json.loads((work / "repo" / "shapes" / "model.json").read_text())["imgsz"][0]
         video = work / "video.mp4"
         write_video(video, n_frames=args.frames, width=1280, height=720, seed=1)
@@ -74,7 +77,8 @@ def main() -> int:
         finally:
             server.stop()
 
-    print(f"\nsame local Triton (CPU, {args.threads} ORT threads), model {args.model_precision} {imgsz}x{imgsz}, "
+    print(f"\nsame local Triton (CPU, {cfg.instances} instances x {cfg.threads} ORT threads), model {args.model_precision} "
+          f"{imgsz}x{imgsz}, "
           f"{args.frames}-frame 1280x720 video")
     print(f"(a) Ultralytics Triton client: {peer_fps:7.1f} fps ({peer_n} frames)")
     print(f"    tritonctl detect:           {ours['fps']:7.1f} fps (concurrency {ours['concurrency']}, "

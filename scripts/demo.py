@@ -39,7 +39,7 @@ def main() -> int:
     # FP32 on the local runtime: ONNX Runtime's CPU kernels compute FP32 ~19% faster than FP16 here (173 vs 146 img/s
     # at batch 8); FP16 is the GPU's precision (TensorRT, or onnxruntime_onnx on the NGC image).
     step("write the Triton config for the local runtime", "config", "--name", "shapes", "--model",
-         str(export_dir / "model_fp32.onnx"), "--repo", str(repo), "--threads", "2")
+         str(export_dir / "model_fp32.onnx"), "--repo", str(repo))
     print(f"\ngenerating a synthetic video: {video}")
     write_video(video, n_frames=150, width=1280, height=720, seed=5)
     step("start the local Triton", "serve", "--repo", str(repo), "--detach")

@@ -476,13 +476,14 @@ def config(
     max_batch: int = typer.Option(16),
     preferred_batch: str = typer.Option("4,8", help="preferred batch sizes for the dynamic batcher"),
     queue_delay_us: int = typer.Option(500),
-    instances: int = typer.Option(1),
+    instances: int | None = typer.Option(None, help="model instances (default: 1; local_onnx: one per core)"),
     kind: str | None = typer.Option(None, help="cpu or gpu (default: gpu for plans, cpu otherwise)"),
     gpus: str = typer.Option("", help="GPU indexes for the instance group, e.g. 0,1"),
     warmup: bool = typer.Option(True, "--warmup/--no-warmup"),
     pinned_memory: bool | None = typer.Option(None, "--pinned-memory/--no-pinned-memory",
                                               help="pinned host buffers (default: Triton's, on)"),
-    threads: int = typer.Option(0, help="ONNX Runtime threads of the CPU runner (0: its default)"),
+    threads: int | None = typer.Option(None, help="ONNX Runtime threads per CPU-runner instance (default: 1 with one "
+                                                  "instance per core; 0: ONNX Runtime's own choice)"),
     trt_accelerator: bool = typer.Option(False, "--trt-accelerator", help="TensorRT EP for onnxruntime_onnx"),
     precision: str | None = typer.Option(None, help="fp16 or fp32: refuse a model of the other precision"),
 ) -> None:
