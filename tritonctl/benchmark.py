@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tritonctl.errors import BadInput, ModelError, ServerError
+from tritonctl.errors import BadInput, ServerError
 from tritonctl.perf import PerfTool, read_csv, run
 
 # perf_analyzer --verbose-csv column -> our summary column (perf_analyzer reports microseconds)
@@ -107,23 +107,10 @@ class BenchmarkResult:
 
 def model_limits(settings: BenchmarkSettings) -> int:
     """The model's max batch, asked of the server (one clear line when the server or model is not there)."""
-    from tritonctl.client import _as_dict, make_client
+    from tritonctl.client import served_model
 
-    client = make_client(settings.protocol, settings.url, timeout_s=10)
-    try:
-        try:
-            live = client.is_server_live()
-        except Exception as exc:
-            raise ServerError(f"no Triton server answers at {settings.url} ({type(exc).__name__}): start one with "
-                              "`tritonctl serve`") from exc
-        if not live:
-            raise ServerError(f"Triton at {settings.url} is not live")
-        if not client.is_model_ready(settings.model):
-            raise ModelError(f"model {settings.model!r} is not ready on {settings.url}: see `tritonctl status`")
-        config = _as_dict(client.get_model_config(settings.model))
-    finally:
-        client.close()
-    return int(config.get("config", config).get("max_batch_size", 0))
+    _, config = served_model(settings.protocol, settings.url, settings.model)
+    return int(config.get("max_batch_size", 0))
 
 
 def metrics_endpoint(url: str, given: str | None) -> str | None:

@@ -71,8 +71,8 @@ def _as_dict(obj: Any) -> dict[str, Any]:
     return dict(MessageToDict(obj, preserving_proto_field_name=True))
 
 
-def fetch_model_info(protocol: str, url: str, model: str) -> ModelInfo:
-    """What `detect` needs to know, asked of the server, so nothing is typed by hand."""
+def served_model(protocol: str, url: str, model: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A ready model's metadata and config from the server; one clear error when the server or the model is not there."""
     from tritonclient.utils import InferenceServerException
 
     client = make_client(protocol, url, timeout_s=10)
@@ -83,7 +83,7 @@ def fetch_model_info(protocol: str, url: str, model: str) -> ModelInfo:
         except InferenceServerException as exc:
             raise ServerError(f"no Triton server answers at {url} ({exc.message()}): start one with `tritonctl serve`") \
                 from exc
-        except (OSError, ConnectionError) as exc:
+        except TRANSPORT_ERRORS as exc:
             raise ServerError(f"no Triton server answers at {url} ({type(exc).__name__}): start one with "
                               "`tritonctl serve`") from exc
         if not client.is_model_ready(model):
@@ -95,7 +95,12 @@ def fetch_model_info(protocol: str, url: str, model: str) -> ModelInfo:
         config = _as_dict(client.get_model_config(model))
     finally:
         client.close()
-    config = config.get("config", config)
+    return meta, config.get("config", config)
+
+
+def fetch_model_info(protocol: str, url: str, model: str) -> ModelInfo:
+    """What `detect` needs to know, asked of the server, so nothing is typed by hand."""
+    meta, config = served_model(protocol, url, model)
     return _model_info(model, meta, config)
 
 
