@@ -108,7 +108,7 @@ def demo_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert DEMO_PT.is_file(), f"{DEMO_PT} is missing: run scripts/train_demo_model.py"
     out = tmp_path_factory.mktemp("export")
     result = export(ExportSettings.create(model_path=DEMO_PT, out_dir=out))
-    assert result.parity is not None and result.parity.passed, result.parity
+    assert result.parity is not None and result.parity.passed, result.parity.failures
     return out
 
 
