@@ -5,15 +5,18 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup demo test test-fast lint clean
+PIP := -m pip install -q --disable-pip-version-check
+LOCK := requirements.lock
+
+.PHONY: setup demo test test-fast lint lock clean
 
 setup: $(STAMP)
 
-# torch/torchvision are pinned to the builds on this machine's disk; unpinned, pip would fetch a CUDA build of several GB.
-$(STAMP): pyproject.toml scripts/setup_tools.sh
+# Every version comes from requirements.lock (pip constraints): a fresh clone installs what the tests ran with.
+# torch/torchvision there are the builds on this machine's disk; unpinned, pip would fetch a CUDA build of several GB.
+$(STAMP): pyproject.toml $(LOCK) scripts/setup_tools.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check "torch==2.14.1" "torchvision==0.29.1"
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[local,dev]"
+	$(PY) $(PIP) -c $(LOCK) -e ".[export,local,dev]"
 	bash scripts/setup_tools.sh $(VENV)
 	$(PY) -c "from tritonctl.runtime import find_local_runtime; print('local Triton:', find_local_runtime().binary)"
 	touch $(STAMP)
@@ -30,6 +33,15 @@ test-fast: setup
 lint: setup
 	$(VENV)/bin/ruff check tritonctl tests scripts benchmarks
 	$(VENV)/bin/mypy tritonctl
+
+# Refresh requirements.lock: resolve pyproject's ranges afresh in a clean venv, install, freeze. Review the diff,
+# then `make test` before committing it.
+lock:
+	rm -rf build/lock-venv && $(PYTHON) -m venv build/lock-venv
+	build/lock-venv/bin/python $(PIP) "torch==2.14.1" "torchvision==0.29.1" ".[export,local,dev]"
+	{ echo "# requirements.lock: every package of \`make setup\` (extras export, local, dev), pinned. Refresh: make lock"; \
+	  build/lock-venv/bin/python -m pip freeze --exclude tritonctl; } > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK) && rm -rf build/lock-venv
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -35,13 +35,37 @@ def command(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except TritonctlError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            from rich.markup import escape
+
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        from tritonctl import __version__
+
+        try:
+            installed = version("tritonctl")
+        except PackageNotFoundError:  # run from a checkout without installing
+            installed = __version__
+        print(f"tritonctl {installed}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="print the version and exit"),
+) -> None:
+    """From a YOLO checkpoint to real-time object detection on NVIDIA Triton Inference Server."""
 
 
 def _int_list(text: str, flag: str) -> tuple[int, ...]:
