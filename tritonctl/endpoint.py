@@ -14,7 +14,7 @@ from tritonctl.errors import BadInput
 
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "0.0.0.0", "::"})
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$")
-_SCHEMES = ("http://", "https://", "grpc://")
+_SCHEMES = ("http://", "grpc://")
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,12 @@ class Endpoint:
 
 
 def parse_endpoint(text: str, default_port: int = 8000, flag: str = "--url") -> Endpoint:
-    """`host[:port]`, optionally with a scheme (http://, https://, grpc://) and a trailing slash; IPv6 in brackets."""
+    """`host[:port]`, optionally with a scheme (http://, grpc://) and a trailing slash; IPv6 in brackets."""
     raw = text.strip()
     rest = raw
+    if rest.lower().startswith("https://"):
+        raise BadInput(f"{flag} {text!r}: TLS endpoints are not supported yet; give the plain host:port of Triton "
+                       "(or of a TLS-terminating proxy's plain side)")
     for scheme in _SCHEMES:
         if rest.lower().startswith(scheme):
             rest = rest[len(scheme):]

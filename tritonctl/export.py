@@ -46,6 +46,9 @@ class ExportSettings:
 
     @classmethod
     def create(cls, *, precision: str = "both", **kw: Any) -> ExportSettings:
+        from tritonctl.extras import require
+
+        require("export", "tritonctl export")
         precisions = {"both": ("fp32", "fp16"), "fp32": ("fp32",), "fp16": ("fp32", "fp16")}.get(precision)
         if precisions is None:
             raise BadInput(f"--precision {precision!r}: choose fp32, fp16 or both")
