@@ -150,3 +150,88 @@ def demo_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("video") / "shapes.mp4"
     write_video(path, n_frames=60, width=640, height=360, seed=7)
     return path
+
+
+# ---------------------------------------------------------------- nothing the tests start may outlive them
+
+# Every process the tests start inherits this marker (tritonserver, its stubs, detached servers, daemonized
+# children reparented to init), so leftovers are found even when they no longer descend from pytest.
+TEST_RUN_ENV = "TRITONCTL_TEST_RUN"
+
+
+def _new_run_id() -> str:
+    import uuid
+
+    return uuid.uuid4().hex
+
+
+os.environ[TEST_RUN_ENV] = _new_run_id()
+
+
+_PYTHON_HELPER = "from multiprocessing.resource_tracker import main"
+
+
+def _leftovers() -> dict[int, str]:
+    """Live processes that carry this run's marker or descend from this pytest process: pid -> command line."""
+    me = os.getpid()
+    marker = f"{TEST_RUN_ENV}={os.environ[TEST_RUN_ENV]}".encode()
+    parent: dict[int, int] = {}
+    marked = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        pid = int(entry.name)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:  # gone meanwhile, or another user's
+            continue
+        state, ppid = stat[stat.rfind(")") + 2:].split()[:2]
+        if state in ("Z", "X"):  # finished, waiting to be reaped: holds nothing
+            continue
+        parent[pid] = int(ppid)
+        if marker in environ:
+            marked.add(pid)
+
+    def descends(pid: int) -> bool:
+        seen = set()
+        while pid in parent and pid not in seen:
+            seen.add(pid)
+            pid = parent[pid]
+            if pid == me:
+                return True
+        return False
+
+    found = {}
+    for pid in sorted(marked | {p for p in parent if descends(p)}):
+        try:
+            found[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")[:300]
+        except OSError:
+            continue
+        if parent.get(pid) == me and _PYTHON_HELPER in found[pid]:
+            del found[pid]  # Python's own shared-memory bookkeeper: it is pytest's, and ends with it
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _nothing_left_behind() -> Iterator[None]:
+    """Fail the run if anything the tests started is still running at the end. Set up before the server
+    fixtures (autouse, session), so torn down after them: their servers are stopped by then."""
+    import contextlib
+    import signal
+    import time
+
+    yield
+    deadline = time.monotonic() + 10  # what is on its way out (a stub after its server) gets time to go
+    left = _leftovers()
+    while left and time.monotonic() < deadline:
+        time.sleep(0.25)
+        left = _leftovers()
+    if not left:
+        return
+    for pid in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    listing = "\n".join(f"  pid {pid}: {cmd}" for pid, cmd in left.items())
+    pytest.fail(f"{len(left)} process(es) started by the tests outlived the session (now killed):\n{listing}",
+                pytrace=False)

@@ -35,6 +35,15 @@ def test_sweep_writes_perf_analyzers_csvs(sweep: tuple[Path, object]) -> None:
             assert [r["Concurrency"] for r in reader] == ["1", "2"]
     assert not (out / "results_batch_16.csv").exists()  # above the tiny model's max batch (8): skipped
     assert "skipped batch sizes [16]" in result.stdout  # type: ignore[attr-defined]
+    assert result.stderr == ""  # type: ignore[attr-defined]  # not a terminal: no progress bar left behind
+
+
+def test_the_output_says_what_best_and_sweet_spot_mean(sweep: tuple[Path, object]) -> None:
+    stdout = " ".join(sweep[1].stdout.split())  # type: ignore[attr-defined]
+    assert "6 runs: batch sizes [1, 2, 4] x concurrency 1..2" in stdout
+    assert "best: the highest infer/s whose p95 latency fits the budget" in stdout
+    assert "sweet spot: the largest batch size whose lowest p95 fits the budget" in stdout
+    assert "sweet spot: batch " in stdout
 
 
 def test_summary_numbers_come_from_the_csvs(sweep: tuple[Path, object]) -> None:
@@ -90,6 +99,9 @@ def test_apply_changes_only_batching_and_the_server_loads_it(triton: Triton, tmp
     assert applied.returncode == 0, applied.stderr
     after = parse_config(config.read_text())
     assert list(after.dynamic_batching.preferred_batch_size) == [2, 4]
+    said = " ".join(applied.stdout.split())
+    assert "preferred_batch_size [2, 4]: the best setting's batch 2, and batch x concurrency = 4" in said
+    assert f"max_queue_delay_microseconds {after.dynamic_batching.max_queue_delay_microseconds}: the server queue time" in said
     a, b = type(after)(), type(before)()
     a.CopyFrom(after)
     b.CopyFrom(before)
@@ -104,6 +116,18 @@ def test_apply_changes_only_batching_and_the_server_loads_it(triton: Triton, tmp
         assert loaded["dynamic_batching"]["preferred_batch_size"] == [2, 4]
     finally:
         server.stop()  # type: ignore[attr-defined]
+
+
+def test_apply_with_nothing_in_the_budget_fails_and_changes_nothing(triton: Triton, tmp_path: Path) -> None:
+    """`--latency-budget-ms 30 --apply` with nothing fitting printed "no setting fits" and exited 0."""
+    repo = tmp_path / "repo"
+    shutil.copytree(triton.repo / "tiny", repo / "tiny")
+    before = (repo / "tiny" / "config.pbtxt").read_bytes()
+    result = run_cli("benchmark", "-m", "tiny", "--url", triton.url, "--batch-sizes", "1", "--concurrency", "1", *FAST,
+                     "--out-dir", str(tmp_path / "b"), "--latency-budget-ms", "0.001", "--apply", "--repo", str(repo),
+                     timeout=300)
+    assert_one_line_error(result, 6, "no setting fits the 0.001 ms p95 budget", "nothing applied")
+    assert (repo / "tiny" / "config.pbtxt").read_bytes() == before
 
 
 def test_bad_inputs(triton: Triton, tmp_path: Path) -> None:
@@ -124,3 +148,27 @@ def test_doctor_names_the_choice() -> None:
 
 def test_columns_cover_perf_analyzers_csv() -> None:
     assert {"Inferences/Second", "p50 latency", "p95 latency", "p99 latency", "Server Queue"} <= set(COLUMNS)
+
+
+def test_url_and_report_folder_are_checked_first(tmp_path: Path) -> None:
+    """A port typo raised ValueError; a file where the report folder goes failed only after the server was asked."""
+    assert_one_line_error(run_cli("benchmark", "-m", "tiny", "--url", "127.0.0.1:1910O"), 2, "not a number")
+    assert_one_line_error(run_cli("benchmark", "-m", "tiny", "--url", "http://"), 2, "not an endpoint")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("keep me")
+    dead = f"127.0.0.1:{free_ports(1)[0]}"  # nothing is asked of the server before the folder is checked
+    for out in (notes, notes / "report"):
+        assert_one_line_error(run_cli("benchmark", "-m", "tiny", "--url", dead, "--out-dir", str(out)), 2, "is a file")
+    assert notes.read_text() == "keep me"
+
+
+def test_a_url_pasted_with_its_scheme_works(triton: Triton, tmp_path: Path) -> None:
+    result = run_cli("benchmark", "-m", "tiny", "--url", f"http://{triton.url}/", "--batch-sizes", "1", *FAST,
+                     "--out-dir", str(tmp_path / "b"), timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
+    summary = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert summary["url"] == triton.url
+    # the default searches concurrency too, and best is picked over all of it (the seed's loop stopped at 1)
+    assert [r["concurrency"] for r in summary["rows"]] == [1, 2, 3, 4]
+    assert summary["best"]["infer_per_s"] == max(r["infer_per_s"] for r in summary["rows"])

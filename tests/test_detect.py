@@ -3,19 +3,31 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
 from conftest import DEMO_PT, ROOT, TRITONCTL, Triton, assert_one_line_error, build_demo_repo, free_ports, run_cli, start_server
 
-from tritonctl.detect import DetectSettings, run_detect
+from tritonctl.detect import FRAME_COUNTS, PROBLEMS_KEPT, DetectSettings, Dispatcher, Result, RunStats, run_detect
+from tritonctl.errors import BadInput
 from tritonctl.metrics import match, precision_recall
+from tritonctl.sinks import FpsMeter, VideoSink, image_names
+from tritonctl.video import Frame, FrameQueue
 
-pytestmark = [pytest.mark.server, pytest.mark.slow]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _server(fn: F) -> F:
+    """Needs the real local Triton (tests without this mark need none)."""
+    return pytest.mark.server(pytest.mark.slow(fn))  # type: ignore[no-any-return]
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -58,6 +70,7 @@ def scene_images(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@_server
 def test_same_detections_as_ultralytics_predict(demo_triton: Triton, scene_images: Path, tmp_path: Path) -> None:
     """The peer: Ultralytics' own YOLO(pt).predict on the same images. Matched boxes IoU >= 0.99, same classes,
     scores within 0.01, nothing missing on either side."""
@@ -81,6 +94,7 @@ def test_same_detections_as_ultralytics_predict(demo_triton: Triton, scene_image
     assert total >= 10  # the comparison saw real detections
 
 
+@_server
 def test_recall_and_precision_on_video(demo_triton: Triton, demo_video: Path, tmp_path: Path) -> None:
     summary, lines = _detect(demo_triton, [str(demo_video)], tmp_path)
     gt = json.loads(Path(str(demo_video) + ".gt.json").read_text())["frames"]
@@ -90,6 +104,7 @@ def test_recall_and_precision_on_video(demo_triton: Triton, demo_video: Path, tm
     assert summary["frames"]["dropped"] == 0 and summary["frames"]["inferred"] == len(gt)
 
 
+@_server
 def test_fp16_model_path_matches_fp32(demo_triton: Triton, demo_video: Path, tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -103,6 +118,7 @@ def test_fp16_model_path_matches_fp32(demo_triton: Triton, demo_video: Path, tmp
             assert np.abs(da[i, :4] - db[j, :4]).max() <= 0.5
 
 
+@_server
 def test_shared_memory_sends_no_tensor_bytes(demo_triton: Triton, demo_video: Path, tmp_path: Path) -> None:
     with_shm, _ = _detect(demo_triton, [str(demo_video)], tmp_path, vid_stride=4)
     without, _ = _detect(demo_triton, [str(demo_video)], tmp_path, vid_stride=4, shm="none")
@@ -112,6 +128,7 @@ def test_shared_memory_sends_no_tensor_bytes(demo_triton: Triton, demo_video: Pa
     assert with_shm["frames"]["inferred"] == without["frames"]["inferred"] == 15
 
 
+@_server
 def test_grpc_batch_and_several_sources(demo_triton: Triton, demo_video: Path, scene_images: Path, tmp_path: Path) -> None:
     settings = DetectSettings.create(sources=[str(demo_video), str(scene_images / "*.png")], urls=[demo_triton.grpc_url],
                                      model="shapes", protocol="grpc", batch=4, vid_stride=2, json_path=tmp_path / "o.jsonl")
@@ -123,6 +140,7 @@ def test_grpc_batch_and_several_sources(demo_triton: Triton, demo_video: Path, s
     assert summary["batch"] == 4 and summary["requests"] < len(lines)
 
 
+@_server
 def test_realtime_counts_every_drop(demo_triton: Triton, demo_video: Path, tmp_path: Path) -> None:
     summary, lines = _detect(demo_triton, [str(demo_video)], tmp_path, realtime=True, concurrency=1)
     [src] = summary["sources"]
@@ -132,6 +150,7 @@ def test_realtime_counts_every_drop(demo_triton: Triton, demo_video: Path, tmp_p
     assert [x["frame"] for x in lines] == sorted(x["frame"] for x in lines)
 
 
+@_server
 def test_dead_endpoint_is_skipped(demo_triton: Triton, demo_video: Path, tmp_path: Path) -> None:
     dead = f"127.0.0.1:{free_ports(1)[0]}"
     settings = DetectSettings.create(sources=[str(demo_video)], urls=[dead, demo_triton.url], model="shapes", vid_stride=3)
@@ -140,6 +159,7 @@ def test_dead_endpoint_is_skipped(demo_triton: Triton, demo_video: Path, tmp_pat
     assert set(summary["per_endpoint"]) == {demo_triton.url} and summary["retries"] >= 1
 
 
+@_server
 def test_requests_spread_over_healthy_endpoints(demo_triton: Triton, demo_repo: Path, demo_video: Path) -> None:
     second = start_server(demo_repo)
     try:
@@ -151,19 +171,30 @@ def test_requests_spread_over_healthy_endpoints(demo_triton: Triton, demo_repo: 
     assert sum(summary["per_endpoint"].values()) == 60 and summary["retries"] == 0
 
 
+@_server
 def test_annotated_video_output(demo_triton: Triton, demo_video: Path, tmp_path: Path) -> None:
     result = run_cli("detect", str(demo_video), "-m", "shapes", "--url", demo_triton.url, "--output",
                      str(tmp_path / "out.mp4"), "--json", str(tmp_path / "out.jsonl"), "--summary-json",
                      str(tmp_path / "s.json"))
     assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # not a terminal: no progress bar, and none of its lines left behind
     assert _video_frames(tmp_path / "out.mp4") == 60 and len(_jsonl(tmp_path / "out.jsonl")) == 60
     assert json.loads((tmp_path / "s.json").read_text())["frames"]["inferred"] == 60
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "out.mp4", "s.json"]  # no partial files left
 
 
-def _start_detect(args: list[str]) -> subprocess.Popen[str]:
+def _start_detect(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen([*TRITONCTL, "detect", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, stdin=subprocess.DEVNULL)
+                            text=True, stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+
+
+def _table_rows(stdout: str) -> list[dict[str, str]]:
+    """The per-source rows of the summary table detect prints, by column name."""
+    lines = stdout.splitlines()
+    header = next(line for line in lines if "inferred" in line and "policy" in line)
+    names = [c.strip() for c in header.strip()[1:-1].split("┃")]
+    rows = [line for line in lines if line.startswith("│ ") and line[2:].split(":")[0].isdigit()]
+    return [dict(zip(names, (c.strip() for c in row.strip()[1:-1].split("│")), strict=True)) for row in rows]
 
 
 def _wait_for_lines(path: Path, n: int, timeout: float = 60) -> None:
@@ -185,20 +216,35 @@ def long_video(tmp_path: Path) -> Path:
     return path
 
 
-def test_ctrl_c_finalizes_files(demo_triton: Triton, long_video: Path, tmp_path: Path) -> None:
-    out, jsonl = tmp_path / "o.mp4", tmp_path / "o.jsonl"
+@_server
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_finalizes_files_and_accounts_for_every_frame(demo_triton: Triton, long_video: Path, tmp_path: Path,
+                                                             sig: signal.Signals) -> None:
+    """A stopped run once showed read 125 / inferred 116 / dropped 8 (one frame lost, and "dropped" on a file that
+    promises every frame) while its summary.json said dropped 0, interrupted 8."""
+    out, jsonl, summary_path = tmp_path / "o.mp4", tmp_path / "o.jsonl", tmp_path / "s.json"
     proc = _start_detect([str(long_video), "-m", "shapes", "--url", demo_triton.url, "--output", str(out),
-                          "--json", str(jsonl), "--concurrency", "1"])
+                          "--json", str(jsonl), "--summary-json", str(summary_path), "--concurrency", "1"],
+                         env={"COLUMNS": "250"})  # one table row per source
     _wait_for_lines(jsonl, 10)
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     lines = _jsonl(jsonl)
     assert 10 <= len(lines) < 300 and [x["frame"] for x in lines] == list(range(len(lines)))
     assert _video_frames(out) == len(lines)  # playable, one frame per JSON line
     assert "Traceback" not in stderr
+    summary = json.loads(summary_path.read_text())
+    [src] = summary["sources"]
+    assert summary["interrupted_by"] == sig.name and src["inferred"] == len(lines)
+    assert src["read"] == sum(src[k] for k in FRAME_COUNTS[1:])
+    assert src["dropped"] == src["failed"] == src["skipped_stride"] == 0 and src["interrupted"] > 0  # a file: no drops
+    assert summary["frames"] == {k: src[k] for k in FRAME_COUNTS}
+    [row] = _table_rows(stdout)
+    assert {k: int(row[k.removesuffix("_stride")]) for k in FRAME_COUNTS} == {k: src[k] for k in FRAME_COUNTS}
 
 
+@_server
 def test_server_killed_and_restarted(demo_export: Path, long_video: Path, tmp_path: Path) -> None:
     """The only server dies mid-video and comes back on the same ports: the run waits, resumes and finishes."""
     repo = build_demo_repo(tmp_path / "repo", demo_export)
@@ -226,6 +272,7 @@ def test_server_killed_and_restarted(demo_export: Path, long_video: Path, tmp_pa
     assert len(lines) == src["inferred"] and _video_frames(tmp_path / "o.mp4") == len(lines)
 
 
+@_server
 def test_bad_inputs(demo_triton: Triton, demo_video: Path, tmp_path: Path) -> None:
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(np.random.default_rng(0).integers(0, 256, 10000, dtype=np.uint8).tobytes())
@@ -245,12 +292,14 @@ def test_bad_inputs(demo_triton: Triton, demo_video: Path, tmp_path: Path) -> No
     assert not list(tmp_path.glob("*.jsonl")) and not list(tmp_path.glob(".*"))  # nothing half-written
 
 
+@_server
 def test_end_to_end_head_through_triton(tmp_path: Path, demo_video: Path) -> None:
     """A YOLOv10 (built from its yaml: untrained, so it finds nothing) exports with its [B,300,6] end-to-end head,
     is served by the real Triton, and detect recognises and decodes that layout."""
     from ultralytics import YOLO
 
     from tritonctl.client import fetch_model_info
+    from tritonctl.endpoint import parse_endpoint
     from tritonctl.export import ExportSettings, export
     from tritonctl.repository import ConfigSettings, write_model
 
@@ -262,8 +311,281 @@ def test_end_to_end_head_through_triton(tmp_path: Path, demo_video: Path) -> Non
     server = start_server(tmp_path / "repo")
     try:
         url = server.settings.url  # type: ignore[attr-defined]
-        assert fetch_model_info("http", url, "v10").layout == "end2end"
+        assert fetch_model_info("http", parse_endpoint(url), "v10").layout == "end2end"
         summary = run_detect(DetectSettings.create(sources=[str(demo_video)], urls=[url], model="v10", vid_stride=20))
     finally:
         server.stop()  # type: ignore[attr-defined]
     assert summary["frames"]["inferred"] == 3 and summary["frames"]["dropped"] == 0
+
+
+# ---------------------------------------------------------------- outputs never replace inputs (checked before the server)
+
+
+@pytest.fixture()
+def small_video(tmp_path: Path) -> Path:
+    from tritonctl.synthetic import write_video
+
+    path = tmp_path / "in.mp4"
+    write_video(path, n_frames=6, width=64, height=48, seed=1)
+    return path
+
+
+@pytest.fixture()
+def image_folder(tmp_path: Path) -> Path:
+    import cv2
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    for name in ("a.png", "b.png", "c.jpg"):
+        cv2.imwrite(str(folder / name), rng.integers(0, 255, (40, 56, 3), dtype=np.uint8))
+    return folder
+
+
+def test_the_users_video_is_never_replaced_by_json(small_video: Path) -> None:
+    """`detect in.mp4 -m shapes --json in.mp4` exited 0 and replaced the video with JSON Lines."""
+    before = small_video.read_bytes()
+    result = run_cli("detect", str(small_video), "-m", "shapes", "--json", str(small_video))
+    assert_one_line_error(result, 2, str(small_video), "is a source")
+    assert small_video.read_bytes() == before
+    assert sorted(p.name for p in small_video.parent.iterdir()) == ["in.mp4", "in.mp4.gt.json"]
+
+
+def _refused(sources: list[Path | str], words: str, **kw: Any) -> str:
+    with pytest.raises(BadInput, match=words) as info:
+        DetectSettings.create(sources=[str(s) for s in sources], urls=[], model="m", **kw)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+def test_every_output_is_checked_against_the_sources(small_video: Path, image_folder: Path, tmp_path: Path) -> None:
+    for flag in ("output", "json_path", "summary_json"):
+        assert str(small_video) in _refused([small_video], "is a source", **{flag: small_video})
+    (tmp_path / "link.mp4").symlink_to(small_video)
+    _refused([small_video], "is a source", json_path=tmp_path / "link.mp4")
+    os.link(small_video, tmp_path / "hard.jsonl")
+    _refused([small_video], "is a source", json_path=tmp_path / "hard.jsonl")
+    _refused([small_video], "is a source", json_path=image_folder / ".." / "in.mp4")
+    _refused([image_folder], "is a source", json_path=image_folder / "a.png")  # a file inside a source folder
+    _refused([image_folder / "*.png"], "is a source", summary_json=image_folder / "b.png")  # ... or a glob
+    (tmp_path / "out_1.mp4").write_bytes(small_video.read_bytes())
+    _refused([small_video, tmp_path / "out_1.mp4"], "out_1.mp4 is a source", output=tmp_path / "out.mp4")
+    assert (tmp_path / "out_1.mp4").read_bytes() == small_video.read_bytes()
+
+
+def test_outputs_are_distinct_files_with_usable_names(small_video: Path, tmp_path: Path) -> None:
+    same = tmp_path / "o.json"
+    _refused([small_video], "also written by --json", json_path=same, summary_json=same)
+    _refused([small_video, small_video], "also written by --output", output=tmp_path / "o.mp4", json_path=tmp_path / "o_1.mp4")
+    _refused([small_video], "name a video file ending in .mp4", output=tmp_path / "annotated")
+    (tmp_path / "folder.mp4").mkdir()
+    _refused([small_video], "is a folder", output=tmp_path / "folder.mp4")
+    _refused([small_video], "is a folder", json_path=tmp_path)
+    _refused([small_video], "does not exist", summary_json=tmp_path / "missing" / "s.json")
+    settings = DetectSettings.create(sources=[str(small_video)] * 2, urls=[], model="m", output=tmp_path / "o.avi")
+    assert [p.name for _, p in settings.output_files()] == ["o_0.avi", "o_1.avi"]
+
+
+def test_bad_output_names_are_one_line_not_a_traceback(small_video: Path, tmp_path: Path) -> None:
+    """`--output` without an extension, or naming an existing folder, ended in an OSError traceback mid-run."""
+    assert_one_line_error(run_cli("detect", str(small_video), "-m", "m", "--output", str(tmp_path / "out")), 2,
+                          "--output", "name a video file")
+    assert_one_line_error(run_cli("detect", str(small_video), "-m", "m", "--json", str(tmp_path)), 2, "is a folder")
+
+
+# ---------------------------------------------------------------- endpoints as users type them
+
+
+def test_url_typos_are_one_line(small_video: Path) -> None:
+    assert_one_line_error(run_cli("detect", str(small_video), "-m", "m", "--url", "127.0.0.1:1910O"), 2, "not a number")
+    assert_one_line_error(run_cli("detect", str(small_video), "-m", "m", "--url", "[::1"), 2, "brackets")
+    with pytest.raises(BadInput, match="brackets"):
+        DetectSettings.create(sources=[str(small_video)], urls=["::1"], model="m")
+
+
+def test_endpoints_are_parsed_once(small_video: Path) -> None:
+    s = DetectSettings.create(sources=[str(small_video)], urls=["http://127.0.0.1:9000/", "127.0.0.1:9000", "[::1]"],
+                              model="m", shm="system")  # ::1 is this host too
+    assert s.urls == ["127.0.0.1:9000", "[::1]:8000"] and all(e.local for e in s.endpoints)
+    assert DetectSettings.create(sources=[str(small_video)], urls=[], model="m", protocol="grpc").urls == ["127.0.0.1:8001"]
+    with pytest.raises(BadInput, match="--shm system"):
+        DetectSettings.create(sources=[str(small_video)], urls=["10.1.2.3:8000"], model="m", shm="system")
+
+
+@_server
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_url_pasted_with_its_scheme_works(triton: Triton, small_video: Path, tmp_path: Path, protocol: str) -> None:
+    """`--url http://127.0.0.1:PORT` gave "url should not include the scheme", then tritonclient's '_closed' traceback."""
+    url = f"{protocol}://{triton.url if protocol == 'http' else triton.grpc_url}"
+    result = run_cli("detect", str(small_video), "-m", "tiny", "--url", url, "--protocol", protocol,
+                     "--json", str(tmp_path / "o.jsonl"))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
+    assert len(_jsonl(tmp_path / "o.jsonl")) == 6
+
+
+# ---------------------------------------------------------------- image sources name their files
+
+
+@_server
+def test_lines_of_an_image_folder_name_their_files(triton: Triton, image_folder: Path, small_video: Path,
+                                                   tmp_path: Path) -> None:
+    settings = DetectSettings.create(sources=[str(image_folder), str(small_video)], urls=[triton.url], model="tiny",
+                                     json_path=tmp_path / "o.jsonl")
+    summary = run_detect(settings)
+    lines = _jsonl(tmp_path / "o.jsonl")
+    images = [x for x in lines if x["source"] == 0]
+    assert [(x["uri"], x["frame"], x["path"]) for x in images] == \
+        [(str(image_folder), i, str(image_folder / n)) for i, n in enumerate(["a.png", "b.png", "c.jpg"])]
+    assert all("path" not in x for x in lines if x["source"] == 1) and len(lines) == 9
+    for stage in ("round_trip", "end_to_end"):
+        p = summary["latency_ms"][stage]
+        assert 0 < p["p50"] <= p["p95"] <= p["p99"] and p["mean"] > 0
+
+
+# ---------------------------------------------------------------- bounded memory
+
+
+def _frame(source: int, index: int) -> Frame:
+    return Frame(source, index, np.zeros((1, 1, 3), np.uint8), 0.0, time.perf_counter(), 0.0)
+
+
+def test_dispatcher_holds_back_frames_beyond_its_window() -> None:
+    """A slow request holding frame 0 cannot make the ordered emitter buffer every frame after it."""
+    q, stop = FrameQueue(100, "block"), threading.Event()
+    for i in range(20):
+        q.put(_frame(0, i), stop)
+    d = Dispatcher([q], window=4)
+    frames, done = d.take(8, stop)
+    assert [seq for seq, _ in frames] == [0, 1, 2, 3] and not done
+    threading.Timer(0.2, stop.set).start()
+    t0 = time.monotonic()
+    assert d.take(1, stop) == ([], True) and time.monotonic() - t0 >= 0.15  # waited: the window was full
+    d.emitted = 3  # frames 0-2 reached the sinks
+    frames, _ = d.take(8, threading.Event())
+    assert [seq for seq, _ in frames] == [4, 5, 6]
+
+
+def test_problems_are_kept_once_and_bounded() -> None:
+    stats = RunStats()
+    for i in range(PROBLEMS_KEPT + 30):
+        stats.problem(f"problem {i}")
+        stats.problem(f"problem {i}")
+    assert stats.problems == [f"problem {i}" for i in range(PROBLEMS_KEPT)]
+    assert stats.problems_dropped == 60  # beyond the kept ones, every report is counted (none is stored)
+
+
+# ---------------------------------------------------------------- image sources write images, not a video
+
+
+def test_image_sources_write_a_folder_of_images(image_folder: Path, small_video: Path, tmp_path: Path) -> None:
+    def targets(sources: list[Path | str], output: Path) -> dict[int, Path]:
+        return DetectSettings.create(sources=[str(x) for x in sources], urls=[], model="m", output=output).output_targets()
+
+    out = tmp_path / "annotated"
+    assert targets([image_folder], out) == {0: out}
+    assert targets([image_folder, image_folder / "*.png"], out) == {0: out / "0", 1: out / "1"}
+    assert targets([small_video, image_folder], tmp_path / "o.mp4") == {0: tmp_path / "o_0.mp4", 1: tmp_path / "o_1"}
+    _refused([image_folder], "into a folder", output=tmp_path / "o.mp4")  # not an MP4 of resized stills
+    _refused([image_folder / "a.png"], "name a folder", output=tmp_path / "o.png")
+    _refused([small_video, image_folder], "a video source writes an annotated video", output=out)
+    (tmp_path / "file").write_text("x")
+    _refused([image_folder], "is a file", output=tmp_path / "file")
+    _refused([image_folder], "does not exist", output=tmp_path / "missing" / "annotated")
+
+
+def test_image_outputs_never_replace_inputs(image_folder: Path, tmp_path: Path) -> None:
+    for sources in ([image_folder], [image_folder / "*.png"], [image_folder / "a.png"]):
+        assert "holds source images" in _refused(sources, "holds source images", output=image_folder)
+    for sub in ("x", "y"):  # a glob over several folders keeps their names apart: x/a.png and y/a.png
+        (tmp_path / "data" / sub).mkdir(parents=True)
+        (tmp_path / "data" / sub / "a.png").write_bytes((image_folder / "a.png").read_bytes())
+    [spec] = DetectSettings.create(sources=[str(tmp_path / "data" / "*" / "a.png")], urls=[], model="m",
+                                   output=tmp_path / "o").sources
+    assert sorted(str(p) for p in image_names(spec).values()) == ["x/a.png", "y/a.png"]
+    (tmp_path / "o").mkdir()
+    _refused([image_folder / "a.png"], "also written by", output=tmp_path / "o", json_path=tmp_path / "o" / "a.png")
+
+
+@_server
+def test_annotated_images_are_named_after_their_inputs(triton: Triton, image_folder: Path, small_video: Path,
+                                                       tmp_path: Path) -> None:
+    import cv2
+
+    before = {p.name: p.read_bytes() for p in image_folder.iterdir()}
+    result = run_cli("detect", str(image_folder), "-m", "tiny", "--url", triton.url, "--output", f"{tmp_path / 'annotated'}/")
+    assert result.returncode == 0, result.stderr
+    written = sorted(p.name for p in (tmp_path / "annotated").iterdir())
+    assert written == ["a.png", "b.png", "c.jpg"]  # one per input, its name and format, no partial file left
+    for name in written:
+        image = cv2.imread(str(tmp_path / "annotated" / name))
+        assert image is not None and image.shape == (40, 56, 3)  # the input's own size, not resized into a video
+    assert {p.name: p.read_bytes() for p in image_folder.iterdir()} == before
+    assert f"{tmp_path / 'annotated'} (3 frames)" in result.stdout
+
+    mixed = run_cli("detect", str(small_video), str(image_folder / "*.png"), "-m", "tiny", "--url", triton.url,
+                    "--output", str(tmp_path / "o.mp4"))
+    assert mixed.returncode == 0, mixed.stderr
+    assert _video_frames(tmp_path / "o_0.mp4") == 6 and sorted(p.name for p in (tmp_path / "o_1").iterdir()) == ["a.png", "b.png"]
+
+
+# ---------------------------------------------------------------- the fps stamped on annotated video
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_fps_overlay_is_the_measured_rate_not_a_frame_count(tmp_path: Path) -> None:
+    """Frame 30 said "30.0 fps" and the last "150.0 fps" in a 171.6 fps run: the meter counted frames in the last
+    second, and the run was younger than a second."""
+    from types import SimpleNamespace
+
+    clock = _Clock()
+    sink = VideoSink({0: tmp_path / "o.mp4"}, {0: 30.0}, 1, clock=clock)
+    labels = []
+    for i in range(150):
+        clock.now += 1 / 171.6
+        frame = Frame(0, i, np.zeros((48, 64, 3), np.uint8), i / 30, clock.now, 0.0)
+        sink.write(Result(i, frame, np.zeros((0, 6), np.float32), {}), SimpleNamespace(names={}))
+        labels.append(sink.labels[0])
+    sink.close()
+    assert labels[29] == labels[149] == "171.6 fps"
+    assert _video_frames(tmp_path / "o.mp4") == 150
+
+
+def test_fps_meter_averages_bursts_over_its_window() -> None:
+    clock = _Clock()
+    meter = FpsMeter(window_s=1.0, clock=clock)
+    rates = []
+    for _ in range(100):  # batches of 4 frames emitted at once, 25 batches a second: 100 fps
+        clock.now += 0.04
+        rates += [meter.tick() for _ in range(4)]
+    assert all(abs(r - 100) <= 4 for r in rates[-50:])  # within one batch of the true rate once the window is full
+    assert 0 < rates[3] <= 100.5  # the first batch: its rate since the start, not a count
+    small = FpsMeter(window_s=1.0, limit=8, clock=clock)
+    for _ in range(50):
+        clock.now += 0.001
+        r = small.tick()
+    assert abs(r - 1000) < 1  # more frames than it keeps: the rate over the span it holds
+
+
+# ---------------------------------------------------------------- the other protocol's port
+
+
+@_server
+@pytest.mark.parametrize("command", ["detect", "benchmark"])
+def test_the_other_protocols_port_is_named(triton: Triton, small_video: Path, tmp_path: Path, command: str) -> None:
+    """`--protocol grpc` with the HTTP port said "start one with tritonctl serve"."""
+    args = [str(small_video)] if command == "detect" else ["--out-dir", str(tmp_path / "b")]
+    grpc_on_http = run_cli(command, *args, "-m", "tiny", "--protocol", "grpc", "--url", triton.url)
+    assert_one_line_error(grpc_on_http, 2, f"{triton.url} is Triton's HTTP port",
+                          "--protocol grpc needs the gRPC port (default 8001)")
+    http_on_grpc = run_cli(command, *args, "-m", "tiny", "--protocol", "http", "--url", triton.grpc_url)
+    assert_one_line_error(http_on_grpc, 2, f"{triton.grpc_url} is Triton's gRPC port",
+                          "--protocol http needs the HTTP port (default 8000)")
+    assert not (tmp_path / "b").exists()

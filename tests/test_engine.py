@@ -106,3 +106,17 @@ def test_cli_without_trtexec_is_one_line(yolo_like_onnx: Path, tmp_path: Path) -
 def test_cli_missing_onnx(tmp_path: Path) -> None:
     result = run_cli("build-engine", "--onnx", str(tmp_path / "none.onnx"), "--runtime", "local")
     assert result.returncode == 2 and "tritonctl export" in result.stderr
+
+
+def test_run_local_streams_and_keeps_the_log(tmp_path: Path) -> None:
+    """A local trtexec's output reaches the callback line by line and the log file whole (a script stands in)."""
+    from tritonctl.engine import run_local
+
+    fake = tmp_path / "trtexec"
+    fake.write_text(f"#!/bin/sh\ncat {FIXTURES / 'trtexec_build.log'}\nexit 0\n")
+    fake.chmod(0o755)
+    seen: list[str] = []
+    log = tmp_path / "build.log"
+    assert run_local([str(fake)], log, seen.append) == 0
+    assert log.read_text().splitlines() == seen == (FIXTURES / "trtexec_build.log").read_text().splitlines()
+    assert parse_summary(seen).throughput_qps == pytest.approx(302.447)

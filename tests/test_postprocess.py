@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from tritonctl.errors import ModelError
+from tritonctl.errors import BadInput, ModelError
 from tritonctl.postprocess import PostSettings, decode, decode_one, head_layout, nms
 
 
@@ -70,3 +72,27 @@ def test_nms_equals_torchvision(n: int) -> None:
     for thr in (0.3, 0.45, 0.7):
         want = torchvision.ops.nms(torch.from_numpy(boxes), torch.from_numpy(scores), thr).numpy()
         np.testing.assert_array_equal(nms(boxes, scores, thr), want)
+
+
+@pytest.mark.parametrize(("kw", "words"), [
+    ({"max_det": -1}, "--max-det -1"), ({"max_det": 0}, "--max-det 0"), ({"conf": 1.5}, "--conf 1.5"),
+    ({"conf": -0.1}, "--conf -0.1"), ({"iou": 2.0}, "--iou 2"), ({"classes": (0, -3)}, "--classes 0,-3"),
+    ({"max_nms": 0}, "max_nms"),
+])
+def test_settings_out_of_range_are_refused(kw: dict, words: str) -> None:
+    with pytest.raises(BadInput, match=words):
+        PostSettings(**kw)
+
+
+def test_edges_are_valid() -> None:
+    PostSettings(conf=0.0, iou=1.0, max_det=1, classes=(0,))
+    PostSettings(conf=1.0, iou=0.0)
+
+
+def test_cli_refuses_max_det_minus_one_in_one_line(tmp_path: Path) -> None:
+    """`--max-det -1` was accepted (and kept every box but the last one)."""
+    from conftest import assert_one_line_error, run_cli
+
+    for flags, words in ((["--max-det", "-1"], "--max-det -1"), (["--conf", "2"], "--conf 2"),
+                         (["--classes", "1,-2"], "--classes 1,-2")):
+        assert_one_line_error(run_cli("detect", str(tmp_path), "-m", "m", *flags), 2, words)

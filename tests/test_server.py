@@ -4,15 +4,36 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import socket
+import subprocess
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, free_ports, run_cli
+from conftest import ROOT, TRITONCTL, assert_one_line_error, free_ports, run_cli
 
+from tritonctl import procs
+from tritonctl.endpoint import parse_endpoint
 from tritonctl.errors import BadInput
-from tritonctl.server import ServeSettings, container_spec, diagnose, is_ready
+from tritonctl.server import (
+    STUB,
+    DockerServer,
+    ServerRecord,
+    ServeSettings,
+    container_spec,
+    diagnose,
+    find_records,
+    is_ready,
+    port_free,
+    records,
+    shm_regions,
+    start_local,
+    sweep_orphans,
+)
+from tritonctl.status import summarize_stats
 
 pytestmark = pytest.mark.server
 
@@ -31,9 +52,10 @@ def test_serve_detach_status_infer_stop(tiny_repo: Path, tiny_onnx: Path) -> Non
     started = run_cli("serve", "--repo", str(tiny_repo), *ports, "--detach")
     assert started.returncode == 0, started.stderr
     try:
-        status = run_cli("status", "--url", url, "--json")
+        server_id = _server_id(url)
+        status = run_cli("status", "--url", f"http://localhost:{ports[1]}/", "--json")  # any spelling of the endpoint
         assert status.returncode == 0, status.stderr
-        data = json.loads(status.stdout)
+        [data] = json.loads(status.stdout)  # a list, even for one server
         assert data["ready"] and data["version"].startswith("2.")
         assert [(m["name"], m["state"], m["platform"], m["max_batch"]) for m in data["models"]] == \
             [("tiny", "READY", "python", 8)]
@@ -45,10 +67,13 @@ def test_serve_detach_status_infer_stop(tiny_repo: Path, tiny_onnx: Path) -> Non
         got = http.InferenceServerClient(url).infer("tiny", [inp]).as_numpy("output0")
         want = ort.InferenceSession(str(tiny_onnx)).run(None, {"images": x})[0]
         np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+        assert STUB in _names(server_id) and shm_regions(server_id)  # what stop must clean up
     finally:
         stopped = run_cli("stop", "--url", url)
     assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stdout.startswith("stopped in "), stopped.stdout
     assert not is_ready(url)
+    _assert_nothing_left(server_id, int(ports[1]))
     after = run_cli("status", "--url", url)
     assert after.returncode == 4 and len(after.stderr.strip().splitlines()) == 1
 
@@ -166,12 +191,10 @@ def test_diagnose_reads_tritons_own_lines() -> None:
     assert diagnose("E1125 05:00:00.000 1 server.cc:2] bind failed\n") == "bind failed"
 
 
-def test_foreground_serve_stops_on_ctrl_c(tiny_repo: Path) -> None:
-    import signal
-    import subprocess
-
-    from conftest import ROOT, TRITONCTL
-
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_foreground_serve_ends_the_whole_server_on_a_stop_signal(tiny_repo: Path, signum: int) -> None:
+    """Ctrl-C, and what systemd, Docker, Kubernetes or a closed terminal send: no tritonserver, no stub, no shared
+    memory and no busy port are left."""
     ports = _ports()
     url = f"127.0.0.1:{ports[1]}"
     proc = subprocess.Popen([*TRITONCTL, "serve", "--repo", str(tiny_repo), *ports], cwd=ROOT, stdout=subprocess.PIPE,
@@ -182,9 +205,240 @@ def test_foreground_serve_stops_on_ctrl_c(tiny_repo: Path) -> None:
             if "Ctrl-C stops the server" in line:
                 break
         assert is_ready(url)
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=30)
+        server_id = _server_id(url)
+        assert "tritonserver" in _names(server_id) and STUB in _names(server_id)
+        proc.send_signal(signum)
+        stdout, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 0
-    assert not is_ready(url)
+        proc.wait()
+    assert proc.returncode == 0, stderr
+    assert signal.Signals(signum).name in stderr and "stopped in" in stdout, (stdout, stderr)
+    _assert_nothing_left(server_id, int(ports[1]))
+
+
+def test_foreground_serve_killed_takes_its_server_along(tiny_repo: Path) -> None:
+    """SIGKILL cannot be caught: the kernel sends tritonserver SIGTERM when its foreground `serve` dies."""
+    ports = _ports()
+    url = f"127.0.0.1:{ports[1]}"
+    proc = subprocess.Popen([*TRITONCTL, "serve", "--repo", str(tiny_repo), *ports], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "Ctrl-C stops the server" in line:
+                break
+        server_id = _server_id(url)
+    finally:
+        proc.kill()
+        proc.wait()
+    _assert_nothing_left(server_id, int(ports[1]), timeout_s=30)
+    assert not find_records(parse_endpoint(url))  # its record is pruned once read
+
+
+def test_stop_tells_how_it_went() -> None:
+    """Triton's own shutdown lines (its format, 2.51) become the words `stop` prints."""
+    from tritonctl.server import StopResult, _shutdown_notes
+
+    log = ("Signal (15) received.\n"
+           'I1125 20:44:16.979006 6622 http_server.cc:248] "Timeout 10: Found 12 HTTP service connections"\n'
+           'I1125 20:44:25.980413 6622 http_server.cc:248] "Timeout 1: Found 3 HTTP service connections"\n'
+           'E1125 20:44:26.981461 6622 main.cc:535] "failed to stop server: Internal - Exit timeout expired. '
+           'Exiting immediately."\nSignal (11) received.\n')
+    notes = _shutdown_notes(log, exit_code=-11, killed=False)
+    assert notes == ("Triton's 10 s exit timeout expired waiting for 3 open HTTP client connections",
+                     "tritonserver crashed while exiting (signal 11)")
+    forced = StopResult(True, 12.94, ("triton_python_backend_stub (pid 7)",), regions_removed=2, notes=notes)
+    assert forced.describe().startswith("stopped (forced after 12.9 s: SIGKILL to triton_python_backend_stub (pid 7); "
+                                        "Triton's 10 s exit timeout")
+    assert "removed 2 shared-memory region(s)" in forced.describe()
+    assert StopResult(True, 1.23).describe() == "stopped in 1.2 s"
+    assert _shutdown_notes("Signal (15) received.\n", exit_code=0, killed=False) == ()
+    assert StopResult(False, notes=_shutdown_notes("", -9, False)).describe() == "already gone (tritonserver ended by SIGKILL)"
+
+
+def test_killed_server_leaves_no_stub_and_no_shared_memory(tiny_repo: Path) -> None:
+    """tritonserver SIGKILLed under load: its stubs can hang on the way out (parent init, ~600 MB each, SIGTERM
+    ignored) and its regions stay in /dev/shm. The next start (here: the sweep it runs) and stop() end them."""
+    import tritonclient.http as http
+
+    h, g, m = free_ports(3)
+    server = start_local(ServeSettings.create(runtime="local", repo=tiny_repo, http_port=h, grpc_port=g, metrics_port=m))
+    server_id = server.server_id
+    running = threading.Event()
+    running.set()
+
+    def load() -> None:
+        client = http.InferenceServerClient(server.url, concurrency=4)
+        x = np.zeros((4, 3, 32, 32), np.float32)
+        while running.is_set():
+            inp = http.InferInput("images", list(x.shape), "FP32")
+            inp.set_data_from_numpy(x)
+            try:
+                for pending in [client.async_infer("tiny", [inp]) for _ in range(4)]:
+                    pending.get_result()
+            except Exception:
+                time.sleep(0.05)
+        client.close()
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.5)
+        assert STUB in _names(server_id) and shm_regions(server_id)
+        server.process.kill()
+        server.process.wait()
+        time.sleep(0.5)
+        sweep_orphans()  # what the next start_local does first
+        assert not procs.marked(procs.MARK_ENV, server_id) and not shm_regions(server_id)
+    finally:
+        running.clear()
+        for t in threads:
+            t.join()
+        result = server.stop()
+    assert not result.found and not result.left
+    _assert_nothing_left(server_id, h)
+
+
+def test_stop_after_the_server_was_killed(tiny_repo: Path) -> None:
+    """`tritonctl stop` on a detached server whose tritonserver was SIGKILLed: says so, leaves nothing."""
+    ports = _ports()
+    url = f"127.0.0.1:{ports[1]}"
+    started = run_cli("serve", "--repo", str(tiny_repo), *ports, "--detach")
+    assert started.returncode == 0, started.stderr
+    [record] = find_records(parse_endpoint(url))
+    assert record.pid is not None and STUB in _names(record.server_id)
+    procs.kill_all([record.pid])
+    stopped = run_cli("stop", "--url", url, "--timeout", "5")
+    assert stopped.returncode == 0, stopped.stderr
+    assert stopped.stdout.startswith("already gone"), stopped.stdout
+    assert not record.path().exists()
+    _assert_nothing_left(record.server_id, int(ports[1]))
+
+
+def test_records_of_dead_servers_are_pruned(tmp_path: Path) -> None:
+    """A server that died without `stop`: its record is forgotten when read, and what it left is removed."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    server_id = procs.new_mark()
+    region = Path("/dev/shm") / f"tritonctl_{server_id}_0123"
+    region.write_bytes(b"x")
+    record = ServerRecord("local", f"127.0.0.1:{free_ports(1)[0]}", pid=dead.pid, server_id=server_id)
+    record.save()
+    try:
+        assert record.path().exists()
+        assert all(r.server_id != server_id for r in records())
+        assert not record.path().exists() and not region.exists()
+    finally:
+        region.unlink(missing_ok=True)
+        record.path().unlink(missing_ok=True)
+
+
+def test_status_averages_are_weighted_across_versions() -> None:
+    """Triton's statistics hold total ns per version; two versions give one row weighted by their requests."""
+    stats = {"model_stats": [
+        {"name": "m", "version": "1", "inference_count": 30, "execution_count": 10,
+         "inference_stats": {"success": {"count": 30, "ns": 0}, "queue": {"count": 30, "ns": 30 * 1_000_000},
+                             "compute_infer": {"count": 30, "ns": 30 * 10_000_000}}},
+        {"name": "m", "version": "2", "inference_count": 10, "execution_count": 10,
+         "inference_stats": {"success": {"count": 10, "ns": 0}, "queue": {"count": 10, "ns": 10 * 5_000_000},
+                             "compute_infer": {"count": 10, "ns": 10 * 20_000_000}}},
+    ]}
+    both = summarize_stats(stats)
+    assert (both.inference_count, both.execution_count) == (40, 20)
+    assert both.avg_queue_ms == pytest.approx((30 * 1 + 10 * 5) / 40)
+    assert both.avg_compute_ms == pytest.approx((30 * 10 + 10 * 20) / 40)
+    v2 = summarize_stats(stats, version="2")
+    assert (v2.inference_count, v2.avg_queue_ms, v2.avg_compute_ms) == (10, pytest.approx(5.0), pytest.approx(20.0))
+    idle = summarize_stats({"model_stats": [{"name": "m", "version": "1"}]})
+    assert idle.inference_count == 0 and idle.avg_queue_ms is None
+
+
+def test_status_reads_the_url_as_typed(triton: object) -> None:
+    url = triton.url  # type: ignore[attr-defined]
+    port = url.rsplit(":", 1)[1]
+    for typed in (f"http://{url}", f"http://localhost:{port}/", url):
+        result = run_cli("status", "--url", typed, "--json")
+        assert result.returncode == 0, (typed, result.stderr)
+        [data] = json.loads(result.stdout)
+        assert data["ready"] and [m["name"] for m in data["models"]] == ["tiny"]
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["status", "--url", "http://::::"], ["--url", "brackets"]),
+        (["status", "--url", "a b"], ["--url"]),
+        (["status", "--url", "127.0.0.1:99999"], ["65535"]),
+        (["stop", "--url", "http://host:port"], ["--url", "port"]),
+        (["stop", "--url", "[::1"], ["--url"]),
+        (["stop", "--timeout", "-1"], ["--timeout"]),
+        (["serve", "--host", "http://example.com"], ["--host"]),
+        (["serve", "--host", "10.0.0.1:8000"], ["--host"]),
+    ],
+)
+def test_bad_endpoints_are_one_line(tiny_repo: Path, args: list[str], words: list[str]) -> None:
+    extra = ["--repo", str(tiny_repo)] if args[0] == "serve" else []
+    assert_one_line_error(run_cli(*args, *extra), 2, *words)
+
+
+class _DyingContainer:
+    """The docker SDK's container, as far as DockerServer uses it: it dies while its log stream stays open."""
+
+    name = "tritonctl-test"
+
+    def __init__(self) -> None:
+        self.status = "running"
+        self.released = threading.Event()
+
+    def reload(self) -> None:
+        pass
+
+    def logs(self, stream: bool = False, follow: bool = False, **_: object) -> object:
+        if not stream:
+            return b"I1125 started\n"
+        return self._stream()
+
+    def _stream(self) -> object:
+        yield b"I1125 started\n"
+        self.released.wait(30)
+
+
+def test_foreground_docker_server_notices_its_container_dying(tiny_repo: Path) -> None:
+    """No Docker engine here: the container is a stand-in with the SDK's shape; the poll is what is tested."""
+    h, g, m = free_ports(3)
+    settings = ServeSettings.create(runtime="docker", repo=tiny_repo, http_port=h, grpc_port=g, metrics_port=m)
+    container = _DyingContainer()
+    server = DockerServer(settings, container)
+    threading.Timer(0.5, lambda: setattr(container, "status", "exited")).start()
+    seen: list[str] = []
+    t0 = time.monotonic()
+    try:
+        assert server.follow(seen.append, poll_s=0.1) is None  # ended by the container, not by a signal
+    finally:
+        container.released.set()
+    assert time.monotonic() - t0 < 5 and not server.alive()
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _server_id(url: str) -> str:
+    [record] = find_records(parse_endpoint(url))
+    assert record.server_id
+    return record.server_id
+
+
+def _names(server_id: str) -> list[str]:
+    """The program names of a server's live processes (tritonserver, its stubs)."""
+    return [Path(args[0]).name for pid in procs.marked(procs.MARK_ENV, server_id) if (args := procs.cmdline(pid))]
+
+
+def _assert_nothing_left(server_id: str, http_port: int, timeout_s: float = 5) -> None:
+    deadline = time.monotonic() + timeout_s
+    while procs.marked(procs.MARK_ENV, server_id) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _names(server_id) == []
+    assert shm_regions(server_id) == []
+    assert port_free("127.0.0.1", http_port)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Triton
+from conftest import Triton, assert_one_line_error, run_cli
 
 from tritonctl.errors import BadInput
 from tritonctl.video import Frame, FrameQueue, parse_sources
@@ -121,7 +121,7 @@ def test_block_policy_waits_and_loses_nothing() -> None:
     writer = threading.Thread(target=q.put, args=(_frame(1), stop))
     writer.start()
     time.sleep(0.2)
-    assert writer.is_alive() and len(q) == 1  # the reader waits while the queue is full
+    assert writer.is_alive()  # the reader waits while the queue is full
     assert q.get_nowait().index == 0  # type: ignore[union-attr]
     writer.join(2)
     assert q.get_nowait().index == 1 and q.dropped == 0  # type: ignore[union-attr]
@@ -142,3 +142,54 @@ def test_reader_stride_on_a_video(demo_video: Path) -> None:
     while (f := q.get_nowait()) is not None:
         frames.append(f.index)
     assert frames == list(range(0, 60, 3)) and reader.stats.read == 60 and reader.stats.skipped_stride == 40
+
+
+def test_image_frames_carry_their_file(tmp_path: Path) -> None:
+    import cv2
+
+    from tritonctl.video import Reader
+
+    for name in ("b.png", "a.png"):
+        cv2.imwrite(str(tmp_path / name), np.zeros((8, 8, 3), np.uint8))
+    [spec] = parse_sources([str(tmp_path)])
+    q, stop = FrameQueue(10, "block"), threading.Event()
+    reader = Reader(spec, q, stop)
+    reader.start()
+    reader.join(10)
+    frames = [q.get_nowait() for _ in range(2)]
+    assert [(f.index, f.path) for f in frames] == [(0, tmp_path / "a.png"), (1, tmp_path / "b.png")]  # type: ignore[union-attr]
+
+
+@pytest.mark.server
+def test_a_missing_webcam_is_our_one_line_only(triton: Triton) -> None:
+    """OpenCV printed its own two warning lines (V4L2, obsensor) before ours."""
+    index = next(i for i in range(7, 64) if not Path(f"/dev/video{i}").exists())
+    result = run_cli("detect", str(index), "-m", "tiny", "--url", triton.url)
+    assert_one_line_error(result, 2, f"cannot open webcam {index}")
+
+
+def test_reader_accounts_for_every_frame_it_read(demo_video: Path, tmp_path: Path) -> None:
+    """Stopped while waiting for room, the reader held a frame it had counted as read: it was lost from the summary's
+    sum. It is counted interrupted now; an image that cannot be decoded is read and failed."""
+    from tritonctl.video import Reader
+
+    [spec] = parse_sources([str(demo_video)])
+    q, stop = FrameQueue(1, "block"), threading.Event()
+    reader = Reader(spec, q, stop)
+    reader.start()
+    deadline = time.monotonic() + 10
+    while reader.stats.read < 2 and time.monotonic() < deadline:  # frame 0 queued, frame 1 waits for room
+        time.sleep(0.01)
+    stop.set()
+    reader.join(10)
+    queued = 0
+    while q.get_nowait() is not None:
+        queued += 1
+    assert (reader.stats.read, queued, reader.stats.interrupted) == (2, 1, 1)
+
+    (tmp_path / "a.png").write_bytes(b"not a png")
+    [images] = parse_sources([str(tmp_path)])
+    reader = Reader(images, FrameQueue(4, "block"), threading.Event())
+    reader.start()
+    reader.join(10)
+    assert (reader.stats.read, reader.stats.failed) == (1, 1) and "cannot read image" in reader.stats.error

@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tritonctl.errors import BadInput, ServerError
+from tritonctl.endpoint import Endpoint, parse_endpoint
+from tritonctl.errors import BadInput, ServerError, ToleranceExceeded
 from tritonctl.perf import PerfTool, read_csv, run
 
 # perf_analyzer --verbose-csv column -> our summary column (perf_analyzer reports microseconds)
@@ -25,13 +26,20 @@ COLUMNS = {
 }
 US_COLUMNS = {k for k, v in COLUMNS.items() if v.endswith("_ms")}
 
+# The best pick searches what it recommends over: batch size and requests in flight. Concurrency 1 alone (the seed's
+# loop, still `--concurrency 1`) left the server idle between requests: 15.9 infer/s where detect reached 28.6 fps.
+DEFAULT_CONCURRENCY = "1:4"
+BEST_MEANS = "best: the highest infer/s whose p95 latency fits the budget (any p95 without --latency-budget-ms)"
+SWEET_SPOT_MEANS = ("sweet spot: the largest batch size whose lowest p95 fits the budget (without one: the largest "
+                    "batch whose p95 per image still falls)")
+
 
 @dataclass(frozen=True)
 class BenchmarkSettings:
     model: str
-    url: str = "127.0.0.1:8000"
+    endpoint: Endpoint = field(default_factory=lambda: Endpoint("127.0.0.1", 8000))
     batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
-    concurrency: tuple[int, int, int] = (1, 1, 1)
+    concurrency: tuple[int, int, int] = (1, 4, 1)  # DEFAULT_CONCURRENCY
     protocol: str = "http"
     shared_memory: str = "none"
     measurement_interval_ms: int = 5000
@@ -41,7 +49,8 @@ class BenchmarkSettings:
     metrics_url: str | None = None
 
     @classmethod
-    def create(cls, *, batch_sizes: str, concurrency: str, out_dir: Path | None, model: str, **kw: Any) -> BenchmarkSettings:
+    def create(cls, *, batch_sizes: str, concurrency: str, out_dir: Path | None, model: str, url: str = "",
+               **kw: Any) -> BenchmarkSettings:
         try:
             batches = tuple(int(b) for b in batch_sizes.split(",") if b.strip())
         except ValueError:
@@ -58,10 +67,14 @@ class BenchmarkSettings:
         start, end, step = {1: (values[0], values[0], 1), 2: (values[0], values[-1], 1)}.get(len(values), tuple(values))
         if end < start:
             raise BadInput(f"--concurrency {concurrency!r}: end below start")
+        protocol = kw.get("protocol", "http")
+        if protocol not in ("http", "grpc"):
+            raise BadInput(f"--protocol {protocol!r}: choose http or grpc")
+        endpoint = parse_endpoint(url or "127.0.0.1", default_port=8001 if protocol == "grpc" else 8000)
         out = out_dir or Path("reports") / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
-        s = cls(model=model, batch_sizes=tuple(sorted(set(batches))), concurrency=(start, end, step), out_dir=out, **kw)
-        if s.protocol not in ("http", "grpc"):
-            raise BadInput(f"--protocol {s.protocol!r}: choose http or grpc")
+        _check_out_dir(out)
+        s = cls(model=model, endpoint=endpoint, batch_sizes=tuple(sorted(set(batches))), concurrency=(start, end, step),
+                out_dir=out, **kw)
         if s.shared_memory not in ("none", "system", "cuda"):
             raise BadInput(f"--shared-memory {s.shared_memory!r}: choose none, system or cuda")
         if s.measurement_interval_ms < 100:
@@ -69,6 +82,10 @@ class BenchmarkSettings:
         if s.latency_budget_ms is not None and s.latency_budget_ms <= 0:
             raise BadInput("--latency-budget-ms must be positive")
         return s
+
+    @property
+    def url(self) -> str:
+        return self.endpoint.url
 
     def perf_args(self, batch: int, csv_name: str) -> list[str]:
         """The seed's loop body: -b $b --concurrency-range ... --collect-metrics --verbose-csv -f results_batch_${b}.csv"""
@@ -80,6 +97,14 @@ class BenchmarkSettings:
         if self.metrics_url:
             args += ["--collect-metrics", "--metrics-url", self.metrics_url]
         return args
+
+
+def _check_out_dir(out: Path) -> None:
+    """The report folder: refused when it, or a folder above it, is a file (mkdir would fail half-way, or a file that
+    holds the user's data would be in the way)."""
+    for path in (out, *out.parents):
+        if path.exists() and not path.is_dir():
+            raise BadInput(f"--out-dir {out}: {path} is a file, not a folder; choose another --out-dir")
 
 
 @dataclass
@@ -108,21 +133,27 @@ class BenchmarkResult:
 def model_limits(settings: BenchmarkSettings) -> int:
     """The model's max batch, asked of the server (one clear line when the server or model is not there)."""
     from tritonctl.client import served_model
+    from tritonctl.detect import wrong_protocol_port
 
-    _, config = served_model(settings.protocol, settings.url, settings.model)
+    try:
+        _, config = served_model(settings.protocol, settings.endpoint, settings.model)
+    except ServerError as exc:
+        if wrong := wrong_protocol_port(settings.protocol, settings.endpoint, settings.model, exc):
+            raise wrong from exc
+        raise
     return int(config.get("max_batch_size", 0))
 
 
-def metrics_endpoint(url: str, given: str | None) -> str | None:
+def metrics_endpoint(endpoint: Endpoint, given: str | None) -> str | None:
     """Triton's metrics URL for --collect-metrics: the one given, the one `serve` recorded for this server, or the
     default layout (HTTP port + 2); None when none of them answers (GPU columns then stay empty)."""
     import urllib.request
 
     from tritonctl.server import records
 
-    host, port = url.rsplit(":", 1)
-    recorded = [r.metrics_url for r in records() if r.url == url and r.metrics_url]
-    tried = [given] if given else [*recorded, f"{host}:{int(port) + 2}/metrics"]
+    recorded = [r.metrics_url for r in records() if r.url == endpoint.url and r.metrics_url]
+    default = f"{endpoint.with_port(endpoint.port + 2).url}/metrics" if endpoint.port < 65534 else None
+    tried = [given.removeprefix("http://")] if given else [*recorded, *([default] if default else [])]
     for candidate in tried:
         try:
             with urllib.request.urlopen(f"http://{candidate}", timeout=2) as resp:
@@ -188,7 +219,7 @@ class Plan:
 def plan(s: BenchmarkSettings) -> Plan:
     """Everything checked before perf_analyzer runs: the server, the model, the batch sizes, the output folder."""
     max_batch = model_limits(s)
-    s = dataclasses.replace(s, metrics_url=metrics_endpoint(s.url, s.metrics_url))
+    s = dataclasses.replace(s, metrics_url=metrics_endpoint(s.endpoint, s.metrics_url))
     limit = max(max_batch, 1)
     runnable = tuple(b for b in s.batch_sizes if b <= limit)
     if not runnable:
@@ -219,6 +250,14 @@ def run_sweep(p: Plan, tool: PerfTool, on_start: Callable[[int], None],
     result.files += write_summary(result, s)
     result.files.append(plot(result, s))
     return result
+
+
+def explain(result: BenchmarkResult, s: BenchmarkSettings) -> list[str]:
+    """What was searched, and what the marks in the table mean."""
+    start, end, step = s.concurrency
+    searched = f"concurrency {start}" if start == end else f"concurrency {start}..{end}" + (f" step {step}" if step > 1 else "")
+    runs = f"{len(result.rows)} runs: batch sizes {sorted({r.batch for r in result.rows})} x {searched}"
+    return [runs, BEST_MEANS, SWEET_SPOT_MEANS]
 
 
 def write_summary(result: BenchmarkResult, s: BenchmarkSettings) -> list[Path]:
@@ -270,9 +309,46 @@ def plot(result: BenchmarkResult, s: BenchmarkSettings) -> Path:
     return path
 
 
-def apply_to_config(config_path: Path, best: Row, max_batch: int, dry_run: bool) -> str:
+@dataclass(frozen=True)
+class Applied:
+    diff: str  # unified diff of config.pbtxt ("" when it already held these settings)
+    rules: list[str]  # how each written value was derived from the best setting
+
+
+QUEUE_DELAY_US = (100, 100_000)  # the queue delay written is kept within these bounds
+
+
+def batching_rules(best: Row, max_batch: int) -> tuple[list[int], int, list[str]]:
+    """Preferred batch sizes and queue delay derived from the best measured setting, with the rule behind each."""
+    preferred = sorted({min(max_batch, best.batch), min(max_batch, best.batch * best.concurrency)})
+    queued_ms = best.values.get("server_queue_ms")
+    lo, hi = QUEUE_DELAY_US
+    queue_us = int(min(hi, max(lo, (queued_ms or 0.1) * 1000)))
+    measured = f"{queued_ms:.3f} ms measured" if queued_ms is not None else "not measured"
+    return preferred, queue_us, [
+        f"preferred_batch_size {preferred}: the best setting's batch {best.batch}, and batch x concurrency = "
+        f"{best.batch * best.concurrency} (what its {best.concurrency} requests in flight bring at once), each at most "
+        f"the max batch {max_batch}",
+        f"max_queue_delay_microseconds {queue_us}: the server queue time per request at the best setting ({measured}), "
+        f"kept within {lo}..{hi} us: waiting that long to fill a preferred batch costs about what requests already spent queued",
+    ]
+
+
+def apply_best(result: BenchmarkResult, s: BenchmarkSettings, config_path: Path, dry_run: bool) -> Applied:
+    """--apply: the best setting's batching into config.pbtxt; a budget nothing fits changes nothing and fails."""
+    if result.best is None:
+        lowest = min(result.rows, key=lambda r: r.p95_ms, default=None)
+        if lowest is None or s.latency_budget_ms is None:
+            raise ToleranceExceeded(f"no measurement to apply: nothing applied to {config_path}")
+        raise ToleranceExceeded(f"no setting fits the {s.latency_budget_ms:g} ms p95 budget (lowest p95 {lowest.p95_ms:.2f} "
+                                f"ms, batch {lowest.batch}, concurrency {lowest.concurrency}): nothing applied to "
+                                f"{config_path}; raise --latency-budget-ms or try smaller batch sizes")
+    return apply_to_config(config_path, result.best, result.max_batch, dry_run)
+
+
+def apply_to_config(config_path: Path, best: Row, max_batch: int, dry_run: bool) -> Applied:
     """Write the best setting's batching into config.pbtxt (through the same config model as `tritonctl config`).
-    Returns the unified diff. Only dynamic_batching's preferred sizes and queue delay change."""
+    Only dynamic_batching's preferred sizes and queue delay change; see batching_rules for how."""
     import difflib
 
     from tritonctl.repository import config_text, parse_config
@@ -281,8 +357,7 @@ def apply_to_config(config_path: Path, best: Row, max_batch: int, dry_run: bool)
         raise BadInput(f"{config_path} does not exist: pass --repo, the model repository the server loads")
     before = config_path.read_text()
     cfg = parse_config(before)
-    preferred = sorted({min(max_batch, best.batch), min(max_batch, best.batch * best.concurrency)})
-    queue_us = int(min(100_000, max(100, (best.values.get("server_queue_ms") or 0.1) * 1000)))
+    preferred, queue_us, rules = batching_rules(best, max_batch)
     cfg.dynamic_batching.ClearField("preferred_batch_size")
     cfg.dynamic_batching.preferred_batch_size.extend(preferred)
     cfg.dynamic_batching.max_queue_delay_microseconds = queue_us
@@ -292,4 +367,4 @@ def apply_to_config(config_path: Path, best: Row, max_batch: int, dry_run: bool)
         tmp = config_path.with_suffix(".pbtxt.tmp")
         tmp.write_text(after)
         tmp.replace(config_path)
-    return diff
+    return Applied(diff, rules)

@@ -96,80 +96,73 @@ def serve(
     image: str = typer.Option("", help="Triton image for --runtime docker"),
     gpus: str = typer.Option("all", help="GPUs for --runtime docker: all, or indexes such as 0,1"),
 ) -> None:
-    """Launch Triton on a model repository and wait until it is ready."""
-    from tritonctl import server
+    """Launch Triton on a model repository and wait until it is ready; in the foreground until Ctrl-C or SIGTERM."""
+    from tritonctl import procs, server
+    from tritonctl.errors import ServerError
     from tritonctl.status import query, render
 
     s = server.ServeSettings.create(
         runtime=runtime, repo=repo, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
         detach=detach, log_file=log_file, timeout_s=timeout, image=image or server.DEFAULT_IMAGE, gpus=gpus)
     t0 = time.monotonic()
-    with err.status(f"starting Triton ({s.runtime}) on {s.url} …"):
-        if s.runtime == "docker":
-            container = server.start_docker(s)
-            record = server.ServerRecord("docker", s.url, container=container.name, repo=str(s.repo),
-                                         metrics_url=f"{s.url.rsplit(':', 1)[0]}:{s.metrics_port}/metrics")
-            log_path = None
-        else:
-            local = server.start_local(s)
-            record = server.ServerRecord("local", s.url, pid=local.process.pid, log_file=str(local.log_file),
-                                         repo=str(s.repo), metrics_url=f"{s.url.rsplit(':', 1)[0]}:{s.metrics_port}/metrics")
-            log_path = local.log_file
-    record.save()
-    try:
-        out.print(f"[green]ready[/] in {time.monotonic() - t0:.1f} s: http {s.url}, grpc {s.host}:{s.grpc_port}, "
-                  f"metrics {s.host}:{s.metrics_port}" + (f", log {log_path}" if log_path else ""))
-        render(query(s.url))
-    except BaseException:
-        if not s.detach:  # Ctrl-C (or an error) before the foreground loop must not leave the server behind
-            server.stop_record(record, timeout_s=15)
-        raise
-    if s.detach:
-        out.print("stop it with [bold]tritonctl stop[/]")
-        return
-    _follow(record, local if s.runtime == "local" else None)
+    # From here SIGTERM/SIGHUP/SIGINT raise StopRequested: whatever we started is stopped on the way out.
+    with procs.stop_on_signals():
+        with err.status(f"starting Triton ({s.runtime}) on {s.url} …"):
+            running = server.start(s)
+        record = running.record()
+        record.save()
+        keep = False
+        try:
+            log_path = getattr(running, "log_file", None)
+            out.print(f"[green]ready[/] in {time.monotonic() - t0:.1f} s: http {s.url}, grpc {s.grpc_url}, "
+                      f"metrics {s.metrics_url}" + (f", log {log_path}" if log_path else ""))
+            render(query(s.url))
+            if s.detach:
+                out.print("stop it with [bold]tritonctl stop[/]")
+                keep = True
+                return
+            signame = _follow(running)
+            stopped_elsewhere = signame is None and not record.path().exists()  # `tritonctl stop` from another shell
+        finally:
+            if not keep:
+                result = running.stop()
+    out.print(f"{result.describe()}: {s.runtime} server at {s.url}")
+    if signame is None and not stopped_elsewhere and result.exit_code != 0:  # 0: a clean stop someone else asked for
+        why = "; ".join(result.notes) or f"exit code {result.exit_code}"
+        detail = f": {server.diagnose(running.log())}" if result.exit_code is None or result.exit_code > 0 else ""
+        raise ServerError(f"Triton exited on its own ({why}){detail}")
 
 
-def _follow(record: Any, local: Any) -> None:
-    """Foreground mode: show the server log until it exits or Ctrl-C, then stop it."""
-    from tritonctl import server
-
+def _follow(running: Any) -> str | None:
+    """Foreground mode: the server's log until it exits (None) or a stop signal arrives (its name)."""
     out.print("[dim]serving in the foreground; Ctrl-C stops the server[/]")
-    try:
-        if local is None:
-            while True:
-                time.sleep(1)
-        with open(local.log_file, errors="replace") as log:
-            log.seek(0, 2)
-            while local.alive():
-                line = log.readline()
-                if line:
-                    out.print(line.rstrip(), markup=False, highlight=False)
-                else:
-                    time.sleep(0.2)
-    except KeyboardInterrupt:
-        err.print("[yellow]stopping Triton …[/]")
-    finally:
-        server.stop_record(record, timeout_s=15)
+    signame: str | None = running.follow(lambda line: out.print(line, markup=False, highlight=False))
+    if signame:
+        err.print(f"[yellow]{signame}: stopping Triton …[/]")
+    return signame
 
 
 @app.command()
 @command
 def status(
     url: str = typer.Option("", help="host:port of Triton's HTTP endpoint (default: every server `serve` started)"),
-    as_json: bool = typer.Option(False, "--json", help="print JSON for scripts"),
+    as_json: bool = typer.Option(False, "--json", help="print a JSON list (one object per server) for scripts"),
 ) -> None:
     """Health, version and the model table of a running Triton."""
     from tritonctl import server
+    from tritonctl.endpoint import parse_endpoint
     from tritonctl.errors import ServerError
     from tritonctl.status import query, render
 
-    urls = [url] if url else [r.url for r in server.records()] or ["127.0.0.1:8000"]
-    results = [query(u) for u in urls] if url or len(urls) == 1 else _query_known(urls)
+    if url:
+        results = [query(parse_endpoint(url).url)]
+    else:
+        urls = [r.url for r in server.records()] or ["127.0.0.1:8000"]
+        results = [query(urls[0])] if len(urls) == 1 else _query_known(urls)
     if not results:
         raise ServerError("no server that `tritonctl serve` started is answering: start one, or pass --url")
     if as_json:
-        print(json.dumps([r.to_dict() for r in results] if len(results) > 1 else results[0].to_dict(), indent=2))
+        print(json.dumps([r.to_dict() for r in results], indent=2))
         return
     for result in results:
         render(result)
@@ -191,19 +184,28 @@ def _query_known(urls: list[str]) -> list[Any]:
 @app.command()
 @command
 def stop(
-    url: str = typer.Option("", help="host:port of the server to stop (default: every server `serve --detach` started)"),
+    url: str = typer.Option("", help="host:port of the server to stop (default: every server `serve` started)"),
     timeout: float = typer.Option(15.0, help="seconds to wait after SIGTERM before SIGKILL"),
 ) -> None:
-    """Stop what `tritonctl serve --detach` started: gracefully, then firmly after --timeout."""
+    """Stop what `tritonctl serve` started: gracefully, then firmly after --timeout; its Python backend processes
+    and shared memory included."""
     from tritonctl import server
-    from tritonctl.errors import BadInput
+    from tritonctl.endpoint import parse_endpoint
+    from tritonctl.errors import BadInput, ServerError
 
-    targets = [r for r in server.records() if not url or r.url == url]
+    if timeout < 0:
+        raise BadInput(f"--timeout {timeout}: give the seconds to wait before SIGKILL (0 or more)")
+    endpoint = parse_endpoint(url) if url else None
+    targets = server.find_records(endpoint, prune=False)
     if not targets:
-        raise BadInput(f"no server started by `tritonctl serve --detach` {'at ' + url if url else 'is recorded'}")
+        raise BadInput(f"no server started by `tritonctl serve` {'at ' + endpoint.url if endpoint else 'is recorded'}")
+    stuck: list[str] = []
     for record in targets:
-        stopped = server.stop_record(record, timeout)
-        out.print(f"{'stopped' if stopped else 'already gone'}: {record.runtime} server at {record.url}")
+        result = server.stop_record(record, timeout)
+        out.print(f"{result.describe()}: {record.runtime} server at {record.url}")
+        stuck.extend(result.left)
+    if stuck:
+        raise ServerError(f"still running after SIGKILL: {', '.join(stuck)}")
 
 
 # ---------------------------------------------------------------- export
@@ -353,7 +355,8 @@ def detect(
     classes: str = typer.Option("", help="only these class ids, e.g. 0,2"),
     agnostic: bool = typer.Option(False, "--agnostic", help="NMS across classes"),
     max_det: int = typer.Option(300),
-    output: Path | None = typer.Option(None, help="annotated video (out.mp4; out_<id>.mp4 for several sources)"),
+    output: Path | None = typer.Option(None, help="annotated video (out.mp4; out_<id>.mp4 for several sources); for image "
+                                                  "sources a folder (annotated/), one image per input, named after it"),
     json_out: Path | None = typer.Option(None, "--json", help="JSON Lines: one line per frame"),
     summary_json: Path | None = typer.Option(None, help="the run's summary as JSON"),
     show: bool = typer.Option(False, "--show", help="display a window (needs a display)"),
@@ -374,9 +377,10 @@ def detect(
         reconnects=reconnects)
     summary = det.run_detect(settings, progress=out)
     det.render_summary(summary)
-    written = [p for _, p in settings.output_files()]
+    written = [f"{w['path']} ({w['frames']} frames)" for w in summary["written"]]
+    written += [str(settings.summary_json)] if settings.summary_json is not None else []
     if written:
-        out.print("wrote " + ", ".join(str(p) for p in written))
+        out.print("wrote " + ", ".join(written), highlight=False, markup=False, soft_wrap=True)
     failed = [s for s in summary["sources"] if s["error"]]
     if failed:
         from tritonctl.errors import TritonctlError
@@ -395,7 +399,8 @@ def benchmark(
     model: str = typer.Option("", "--model", "-m", help="model name on the server"),
     url: str = typer.Option("", help="Triton endpoint host:port (default 127.0.0.1:8000, :8001 with --protocol grpc)"),
     batch_sizes: str = typer.Option("1,2,4,8,16,32", help="the seed's sweep; sizes above the model's max batch are skipped"),
-    concurrency: str = typer.Option("1", help="N or start:end[:step]"),
+    concurrency: str = typer.Option("1:4", help="requests in flight: N or start:end[:step]; the best pick searches these "
+                                                "too (--concurrency 1: the seed's exact loop)"),
     protocol: str = typer.Option("http"),
     shared_memory: str = typer.Option("none", help="none, system or cuda"),
     measurement_interval: int = typer.Option(5000, help="perf_analyzer window in ms"),
@@ -429,9 +434,11 @@ def benchmark(
     prepared = bm.plan(s)
     result = _sweep(bm, prepared, tool)
     _show_benchmark(result, prepared.settings)
-    if apply and result.best is not None:
-        diff = bm.apply_to_config(repo / model / "config.pbtxt", result.best, result.max_batch, dry_run)
-        out.print(diff or "config.pbtxt already holds these settings", markup=False, highlight=False)
+    if apply:
+        applied = bm.apply_best(result, prepared.settings, repo / model / "config.pbtxt", dry_run)
+        out.print(applied.diff or "config.pbtxt already holds these settings", markup=False, highlight=False)
+        for rule in applied.rules:
+            out.print(f"  {rule}", markup=False, highlight=False)
         if not dry_run:
             out.print(f"applied: reload the model (restart `tritonctl serve`, or load {model!r} again in explicit mode)")
 
@@ -453,8 +460,9 @@ def _sweep(bm: Any, prepared: Any, tool: Any) -> Any:
 
     from tritonctl.perf import live_figure
 
+    # A progress bar is for a terminal: elsewhere (CI logs, pipes) Rich would leave its last frame as a stray line.
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[live]}"),
-                  console=err) as progress:
+                  console=err, transient=True, disable=not err.is_terminal) as progress:
         task = progress.add_task("perf_analyzer", total=len(prepared.runnable), live="")
 
         def on_start(b: int) -> None:
@@ -474,6 +482,8 @@ def _sweep(bm: Any, prepared: Any, tool: Any) -> Any:
 def _show_benchmark(result: Any, s: Any) -> None:
     from rich.table import Table
 
+    from tritonctl.benchmark import explain
+
     if result.skipped:
         out.print(f"[yellow]skipped batch sizes {result.skipped}: above the model's max batch {result.max_batch}[/]")
     table = Table("batch", "concurrency", "infer/s", "p50 ms", "p95 ms", "p99 ms", "queue ms", "compute ms")
@@ -484,11 +494,16 @@ def _show_benchmark(result: Any, s: Any) -> None:
         table.add_row(f"{r.batch}{mark}", str(r.concurrency), f"{r.infer_per_s:.1f}",
                       *(f"{v.get(k) or 0:.2f}" for k in ("p50_ms", "p95_ms", "p99_ms", "server_queue_ms", "compute_infer_ms")))
     out.print(table)
+    for line in explain(result, s):
+        out.print(line, style="dim", markup=False, highlight=False)
     if result.best is None:
-        out.print(f"[yellow]no setting fits the {s.latency_budget_ms} ms p95 budget[/]")
+        out.print(f"[yellow]no setting fits the {s.latency_budget_ms:g} ms p95 budget[/]")
     else:
         out.print(f"best: batch {result.best.batch}, concurrency {result.best.concurrency}: "
                   f"{result.best.infer_per_s:.1f} infer/s at p95 {result.best.p95_ms:.2f} ms")
+    if result.sweet_spot is not None:
+        out.print(f"sweet spot: batch {result.sweet_spot.batch}, concurrency {result.sweet_spot.concurrency}: "
+                  f"{result.sweet_spot.infer_per_s:.1f} infer/s at p95 {result.sweet_spot.p95_ms:.2f} ms")
     out.print("wrote " + ", ".join(str(p) for p in result.files))
 
 

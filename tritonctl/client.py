@@ -1,6 +1,16 @@
-"""Talking to Triton for `detect`: the model's signature from the server, a pool of endpoints (least outstanding
-requests, failed ones taken out and retried later), and inference slots whose tensors live in system shared memory
-when the server is on this host (registered once per server, re-registered when a server comes back)."""
+"""The one module that talks to Triton (through tritonclient): the model's signature, a pool of endpoints (least
+outstanding requests, failed ones taken out and retried later), inference slots whose tensors live in system shared
+memory when the server is on this host, and `triton_call`, which turns every tritonclient failure into ours.
+
+How a failure is classified (by status code and exception type; the message only tells a lost region from an unknown
+model, both "not found"):
+- the connection itself failed (refused, reset, closed, socket or gevent timeout), HTTP 502/503/504, gRPC UNAVAILABLE,
+  DEADLINE_EXCEEDED, CANCELLED, ABORTED: `TransientError`, worth another endpoint or a retry after back-off;
+- HTTP 404 / gRPC NOT_FOUND for one of our shared-memory regions: `RegionLost` (the server restarted between two
+  requests): register again and retry once;
+- any other answer from the server (HTTP 400, gRPC INVALID_ARGUMENT, 500, ...): `ModelError`, the request itself is wrong;
+- tritonclient refusing before sending anything: `ServerError`; shared memory this host cannot create: `SharedMemoryError`.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +18,81 @@ import http.client
 import itertools
 import json
 import os
+import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from tritonclient.utils import InferenceServerException
+from tritonclient.utils.shared_memory import SharedMemoryException
 
-from tritonctl.errors import BadInput, ModelError, ServerError
+from tritonctl.endpoint import Endpoint
+from tritonctl.errors import BadInput, ModelError, ServerError, TritonctlError
 from tritonctl.metadata import TRITON_TO_NUMPY
 from tritonctl.postprocess import head_layout
 
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+class TransientError(ServerError):
+    """The endpoint failed (connection refused or reset, timeout, unavailable): another endpoint, or a retry, may succeed."""
+
+
+class RegionLost(TransientError):
+    """The server does not know one of our shared-memory regions (it restarted): register them again, then retry once."""
+
+
+class SharedMemoryError(TritonctlError):
+    """This host cannot create or release a system shared-memory region (e.g. /dev/shm is full)."""
+
+
+# Status codes as tritonclient reports them: HTTP as text, gRPC as str(grpc.StatusCode.X).
+_TRANSIENT_STATUS = frozenset({"502", "503", "504", "StatusCode.UNAVAILABLE", "StatusCode.DEADLINE_EXCEEDED",
+                               "StatusCode.CANCELLED", "StatusCode.ABORTED"})
+_NOT_FOUND_STATUS = frozenset({"404", "StatusCode.NOT_FOUND"})
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """Failures of the connection itself. geventhttpclient's HTTPConnectionClosed/HTTPParseError are
+    http.client.HTTPExceptions, not OSErrors; gevent's Timeout derives from BaseException; a bare grpc.RpcError can
+    escape tritonclient's own wrapping. Only modules already loaded can have raised, so nothing is imported here."""
+    errors: list[type[BaseException]] = [OSError, http.client.HTTPException]
+    if (gevent := sys.modules.get("gevent")) is not None:
+        errors.append(gevent.Timeout)
+    if (grpc := sys.modules.get("grpc")) is not None:
+        errors.append(grpc.RpcError)
+    return tuple(errors)
+
+
+def _classify(exc: InferenceServerException, what: str, url: str) -> TritonctlError:
+    status, message = str(exc.status() or ""), exc.message() or str(exc)
+    if status in _NOT_FOUND_STATUS and "shared memory region" in message:
+        return RegionLost(message)
+    if status in _TRANSIENT_STATUS:
+        return TransientError(message)
+    if not status:  # raised by tritonclient itself: nothing reached the server
+        return ServerError(f"cannot {what} on {url}: {message}")
+    return ModelError(f"Triton at {url} refused to {what} ({status}): {message}")
+
+
+@contextmanager
+def triton_call(url: str, what: str) -> Iterator[None]:
+    """Run tritonclient calls inside this: their failures come out as our exceptions, classified as above.
+    `what` completes "refused to ..." in the message, e.g. "infer with model 'yolo'"."""
+    try:
+        yield
+    except InferenceServerException as exc:
+        raise _classify(exc, what, url) from exc
+    except SharedMemoryException as exc:
+        cause = f" ({exc.__cause__})" if exc.__cause__ else ""
+        raise SharedMemoryError(f"cannot {what}: {exc}{cause}; free space in /dev/shm or pass --shm none") from exc
+    except _transport_errors() as exc:
+        raise TransientError(f"{type(exc).__name__}: {exc}") from exc
+    except ValueError as exc:  # a body that is not Triton's JSON (e.g. the metrics port): not a Triton API
+        raise ServerError(f"{url} answered, but not with Triton's API ({type(exc).__name__}): is it Triton's HTTP "
+                          "(default 8000) or gRPC (8001) port?") from exc
 
 
 def protocol_module(protocol: str) -> Any:
@@ -32,11 +105,34 @@ def protocol_module(protocol: str) -> Any:
     return module
 
 
-def make_client(protocol: str, url: str, timeout_s: float = 30.0) -> Any:
-    module = protocol_module(protocol)
-    if protocol == "http":
-        return module.InferenceServerClient(url, connection_timeout=timeout_s, network_timeout=timeout_s)
-    return module.InferenceServerClient(url)
+def make_client(protocol: str, endpoint: Endpoint, timeout_s: float = 30.0) -> Any:
+    """A tritonclient client for one endpoint.
+
+    tritonclient's __del__ calls close(), which reads attributes a failed constructor never set: an "Exception ignored
+    in __del__ ... AttributeError: '_closed'" traceback at garbage collection. Such an object gets a no-op close."""
+    cls = protocol_module(protocol).InferenceServerClient
+    client = cls.__new__(cls)
+    kwargs = {"connection_timeout": timeout_s, "network_timeout": timeout_s} if protocol == "http" else {}
+    try:
+        with triton_call(endpoint.url, "connect"):
+            try:
+                client.__init__(endpoint.url, **kwargs)
+            except ValueError as exc:  # the URL parser refused it
+                raise BadInput(f"cannot use Triton endpoint {endpoint.url}: {exc}") from exc
+    except BaseException:
+        client.close = lambda: None
+        raise
+    return client
+
+
+def close_client(client: Any, url: str) -> str | None:
+    """Close a client; the problem met, if any, for a summary (a server that went away cannot be closed cleanly)."""
+    try:
+        with triton_call(url, "close the connection"):
+            client.close()
+    except TritonctlError as exc:
+        return f"close client {url}: {exc}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -71,36 +167,34 @@ def _as_dict(obj: Any) -> dict[str, Any]:
     return dict(MessageToDict(obj, preserving_proto_field_name=True))
 
 
-def served_model(protocol: str, url: str, model: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def served_model(protocol: str, endpoint: Endpoint, model: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """A ready model's metadata and config from the server; one clear error when the server or the model is not there."""
-    from tritonclient.utils import InferenceServerException
-
-    client = make_client(protocol, url, timeout_s=10)
+    url = endpoint.url
     try:
-        try:
-            if not client.is_server_live():
-                raise ServerError(f"Triton at {url} is not live")
-        except InferenceServerException as exc:
-            raise ServerError(f"no Triton server answers at {url} ({exc.message()}): start one with `tritonctl serve`") \
-                from exc
-        except TRANSPORT_ERRORS as exc:
-            raise ServerError(f"no Triton server answers at {url} ({type(exc).__name__}): start one with "
-                              "`tritonctl serve`") from exc
-        if not client.is_model_ready(model):
-            index = [_as_dict(m) for m in _index(client)]
-            ready = sorted(m["name"] for m in index if m.get("state") == "READY")
-            raise ModelError(f"model {model!r} is not ready on {url} (ready: {', '.join(ready) or 'none'}): "
-                             "pass --model with one of those")
-        meta = _as_dict(client.get_model_metadata(model))
-        config = _as_dict(client.get_model_config(model))
+        client = make_client(protocol, endpoint, timeout_s=10)
+        with triton_call(url, "answer whether it is live"):
+            live = client.is_server_live()
+    except TritonctlError as exc:  # anything but a live answer means no usable Triton there
+        raise ServerError(f"no Triton server answers at {url} ({exc}): start one with `tritonctl serve`") from exc
+    try:
+        if not live:
+            raise ServerError(f"Triton at {url} is not live")
+        with triton_call(url, f"describe model {model!r}"):
+            if not client.is_model_ready(model):
+                index = [_as_dict(m) for m in _index(client)]
+                ready = sorted(m["name"] for m in index if m.get("state") == "READY")
+                raise ModelError(f"model {model!r} is not ready on {url} (ready: {', '.join(ready) or 'none'}): "
+                                 "pass --model with one of those")
+            meta = _as_dict(client.get_model_metadata(model))
+            config = _as_dict(client.get_model_config(model))
     finally:
-        client.close()
+        close_client(client, url)
     return meta, config.get("config", config)
 
 
-def fetch_model_info(protocol: str, url: str, model: str) -> ModelInfo:
+def fetch_model_info(protocol: str, endpoint: Endpoint, model: str) -> ModelInfo:
     """What `detect` needs to know, asked of the server, so nothing is typed by hand."""
-    meta, config = served_model(protocol, url, model)
+    meta, config = served_model(protocol, endpoint, model)
     return _model_info(model, meta, config)
 
 
@@ -135,14 +229,23 @@ def _model_info(model: str, meta: dict[str, Any], config: dict[str, Any]) -> Mod
 
 
 @dataclass
-class Endpoint:
-    url: str
-    local: bool
+class Upstream:
+    """One endpoint as the pool sees it: requests in flight, back-off after a failure."""
+
+    endpoint: Endpoint
     outstanding: int = 0
     down_until: float = 0.0
     failures: int = 0
-    generation: int = 0  # bumped each time it comes back: shared memory must be registered again
+    generation: int = 0  # bumped each time it goes down: shared memory must be registered again
     requests: int = 0
+
+    @property
+    def url(self) -> str:
+        return self.endpoint.url
+
+    @property
+    def local(self) -> bool:
+        return self.endpoint.local
 
     @property
     def healthy(self) -> bool:
@@ -152,12 +255,12 @@ class Endpoint:
 class EndpointPool:
     """Spreads requests over healthy endpoints by least outstanding requests; a failed endpoint sits out a back-off."""
 
-    def __init__(self, urls: list[str], backoff_s: float = 0.5, max_backoff_s: float = 5.0) -> None:
-        self.endpoints = [Endpoint(u, u.rsplit(":", 1)[0] in LOCAL_HOSTS) for u in urls]
+    def __init__(self, endpoints: list[Endpoint], backoff_s: float = 0.5, max_backoff_s: float = 5.0) -> None:
+        self.endpoints = [Upstream(e) for e in endpoints]
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
         self._lock = threading.Lock()
 
-    def acquire(self) -> Endpoint | None:
+    def acquire(self) -> Upstream | None:
         with self._lock:
             healthy = [e for e in self.endpoints if e.healthy]
             if not healthy:
@@ -167,12 +270,11 @@ class EndpointPool:
             ep.requests += 1
             return ep
 
-    def release(self, ep: Endpoint, ok: bool) -> None:
+    def release(self, ep: Upstream, ok: bool) -> None:
         with self._lock:
             ep.outstanding -= 1
             if ok:
-                if ep.failures:
-                    ep.failures = 0
+                ep.failures = 0
                 return
             if ep.healthy:  # the first failure of an outage: take it out
                 ep.failures += 1
@@ -189,10 +291,6 @@ class EndpointPool:
 _region_ids = itertools.count()
 
 
-class TransientError(Exception):
-    """The endpoint failed (connection refused, reset, timeout): another endpoint, or a retry, may succeed."""
-
-
 @dataclass
 class _Shm:
     name: str
@@ -204,144 +302,195 @@ class _Shm:
 
 @dataclass
 class InferSlot:
-    """One request in flight: its input batch buffer and output buffer, in shared memory when possible."""
+    """One request in flight: its input batch buffer and output buffer, in shared memory when possible.
+
+    `use_shm`: create regions (the caller knows an endpoint is local). A local server that cannot open them (e.g. in a
+    container without the host's /dev/shm) gets tensors over the network instead, unless `shm_required`."""
 
     info: ModelInfo
     batch: int
     protocol: str
     use_shm: bool
+    shm_required: bool = False
     inputs: np.ndarray = field(init=False)
+    bytes_sent: int = 0
+    problems: list[str] = field(init=False, default_factory=list)
     _in: _Shm | None = field(init=False, default=None)
     _out: _Shm | None = field(init=False, default=None)
     _clients: dict[str, Any] = field(init=False, default_factory=dict)
     _registered: dict[str, int] = field(init=False, default_factory=dict)
-    bytes_sent: int = 0
+    _wire_only: set[str] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
         in_shape = (self.batch, 3, self.info.height, self.info.width)
         out_shape = (self.batch, *self.info.output_shape)
-        if self.use_shm:
-            self._in = _create_region("in", in_shape, self.info.input_np)
-            if -1 not in self.info.output_shape:
-                self._out = _create_region("out", out_shape, self.info.output_np)
-            self.inputs = self._in.array
-        else:
+        if not self.use_shm:
             self.inputs = np.empty(in_shape, self.info.input_np)
+            return
+        wanted: list[tuple[str, tuple[int, ...], np.dtype]] = [("in", in_shape, self.info.input_np)]
+        if -1 not in self.info.output_shape:
+            wanted.append(("out", out_shape, self.info.output_np))
+        regions = create_regions(wanted)
+        self._in, self._out = regions[0], (regions[1] if len(regions) > 1 else None)
+        self.inputs = self._in.array
 
-    def _client(self, ep: Endpoint) -> Any:
+    def _regions(self) -> list[_Shm]:
+        return [r for r in (self._in, self._out) if r is not None]
+
+    def _uses_shm(self, ep: Upstream) -> bool:
+        return self._in is not None and ep.local and ep.url not in self._wire_only
+
+    def _client(self, ep: Upstream) -> Any:
         client = self._clients.get(ep.url)
         if client is None:
-            client = self._clients[ep.url] = make_client(self.protocol, ep.url)
-        if ep.local and self._in is not None and self._registered.get(ep.url) != ep.generation:
-            for region in (self._in, self._out):
-                if region is not None:
-                    _register(client, region)
-            self._registered[ep.url] = ep.generation
+            client = self._clients[ep.url] = make_client(self.protocol, ep.endpoint)
+        if self._uses_shm(ep) and self._registered.get(ep.url) != ep.generation:
+            self._register_all(client, ep)
         return client
 
-    def infer(self, ep: Endpoint, n: int) -> np.ndarray:
-        """Run rows [:n] of `inputs`; returns the output rows (a view of shared memory when it is used)."""
-        from tritonclient.utils import InferenceServerException
-
-        module = protocol_module(self.protocol)
-        info = self.info
+    def _register_all(self, client: Any, ep: Upstream) -> None:
         try:
+            for region in self._regions():
+                _register(client, ep.url, region)
+        except TransientError:
+            raise
+        except TritonctlError as exc:  # the server answers but cannot map this host's memory
+            if self.shm_required:
+                raise BadInput(f"--shm system: Triton at {ep.url} cannot use this host's shared memory ({exc}); "
+                               "pass --shm none") from exc
+            self._wire_only.add(ep.url)
+            self.problems.append(f"{ep.url} refused shared memory, tensors sent over the network")
+            return
+        self._registered[ep.url] = ep.generation
+
+    def infer(self, ep: Upstream, n: int) -> np.ndarray:
+        """Run rows [:n] of `inputs`; returns the output rows (a view of shared memory when it is used)."""
+        try:
+            return self._infer_once(ep, n)
+        except RegionLost:
+            self._registered.pop(ep.url, None)  # the server restarted between two requests: register again, once
+            return self._infer_once(ep, n)
+
+    def _infer_once(self, ep: Upstream, n: int) -> np.ndarray:
+        module, info = protocol_module(self.protocol), self.info
+        with self._call(ep, f"infer with model {info.name!r}"):
             client = self._client(ep)
+            shm = self._uses_shm(ep)
             inp = module.InferInput(info.input_name, [n, 3, info.height, info.width], info.input_dtype)
-            nbytes = n * self.inputs[0].nbytes
-            shm_ok = self._in is not None and ep.local
-            if shm_ok:
-                inp.set_shared_memory(self._in.name, nbytes)  # type: ignore[union-attr]
+            if shm:
+                inp.set_shared_memory(self._in.name, n * self.inputs[0].nbytes)  # type: ignore[union-attr]
             else:
                 inp.set_data_from_numpy(self.inputs[:n])
-                self.bytes_sent += nbytes
             out = module.InferRequestedOutput(info.output_name) if self.protocol == "grpc" else \
                 module.InferRequestedOutput(info.output_name, binary_data=True)
-            if shm_ok and self._out is not None:
+            if shm and self._out is not None:
                 out.set_shared_memory(self._out.name, n * self._out.array[0].nbytes)
             result = client.infer(info.name, [inp], outputs=[out])
-        except InferenceServerException as exc:
-            message = exc.message() or ""
-            if _transient(message, exc.status()):
-                self._registered.pop(ep.url, None)
-                raise TransientError(message) from exc
-            raise ModelError(f"Triton refused the request on {ep.url}: {message}") from exc
-        except TRANSPORT_ERRORS as exc:
-            self._clients.pop(ep.url, None)
-            self._registered.pop(ep.url, None)
-            raise TransientError(f"{type(exc).__name__}: {exc}") from exc
-        if shm_ok and self._out is not None:
+        if not shm:
+            self.bytes_sent += n * self.inputs[0].nbytes
+        if shm and self._out is not None:
             return self._out.array[:n]
         array = result.as_numpy(info.output_name)
         if array is None:
             raise ModelError(f"Triton returned no {info.output_name!r} for model {info.name!r}")
         return np.asarray(array)
 
-    def close(self) -> list[str]:
-        """Unregister and destroy the regions; returns the problems met (for the summary, not swallowed)."""
-        import tritonclient.utils.shared_memory as shm
+    @contextmanager
+    def _call(self, ep: Upstream, what: str) -> Iterator[None]:
+        """triton_call, forgetting what a failed endpoint held: its registrations, and on a broken connection its client."""
+        try:
+            with triton_call(ep.url, what):
+                yield
+        except RegionLost:
+            self._registered.pop(ep.url, None)
+            raise
+        except TransientError:
+            self._registered.pop(ep.url, None)
+            client = self._clients.pop(ep.url, None)
+            if client is not None:
+                close_client(client, ep.url)
+            raise
 
-        problems = []
+    def close(self) -> list[str]:
+        """Unregister and destroy the regions, close the clients; returns the problems met (for the summary)."""
+        problems = list(self.problems)
         for url, client in self._clients.items():
-            for region in (self._in, self._out):
-                if region is not None and url in self._registered:
-                    try:
-                        client.unregister_system_shared_memory(region.name)
-                    except Exception as exc:
-                        problems.append(f"unregister {region.name} on {url}: {type(exc).__name__}")
-            try:
-                client.close()
-            except Exception as exc:
-                problems.append(f"close client {url}: {type(exc).__name__}")
-        for region in (self._in, self._out):
-            if region is not None:
-                try:
-                    shm.destroy_shared_memory_region(region.handle)
-                except Exception as exc:
-                    problems.append(f"destroy {region.name}: {type(exc).__name__}")
+            if url in self._registered:
+                problems += _unregister(client, url, self._regions())
+            problems += [p for p in [close_client(client, url)] if p]
+        problems += destroy_regions(self._regions())
         self._clients.clear()
+        self._in = self._out = None
         return problems
 
 
-# Errors of the connection itself (the server died or restarted, the network dropped): worth another endpoint or a
-# retry. geventhttpclient's HTTPConnectionClosed/HTTPParseError are http.client.HTTPExceptions, not OSErrors.
-TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (OSError, http.client.HTTPException)
-
-
-def _register(client: Any, region: _Shm) -> None:
-    """Register a region; a server that still holds it from before an outage gets it replaced."""
-    from tritonclient.utils import InferenceServerException
-
+def _register(client: Any, url: str, region: _Shm) -> None:
+    """Register a region; a server that still holds the name from before an outage gets it replaced."""
     try:
-        client.register_system_shared_memory(region.name, region.key, region.size)
-    except InferenceServerException:
-        client.unregister_system_shared_memory(region.name)
-        client.register_system_shared_memory(region.name, region.key, region.size)
+        with triton_call(url, f"register shared memory {region.name}"):
+            client.register_system_shared_memory(region.name, region.key, region.size)
+    except TransientError:
+        raise
+    except TritonctlError:
+        with triton_call(url, f"register shared memory {region.name}"):
+            client.unregister_system_shared_memory(region.name)
+            client.register_system_shared_memory(region.name, region.key, region.size)
 
 
-def _transient(message: str, status: str | None) -> bool:
-    text = message.lower()
-    return any(s in text for s in ("connect", "unavailable", "reset", "timed out", "timeout", "shared memory",
-                                   "broken pipe", "socket", "eof")) or status in ("StatusCode.UNAVAILABLE",)
+def _unregister(client: Any, url: str, regions: list[_Shm]) -> list[str]:
+    problems = []
+    for region in regions:
+        try:
+            with triton_call(url, f"unregister {region.name}"):
+                client.unregister_system_shared_memory(region.name)
+        except TritonctlError as exc:
+            problems.append(f"unregister {region.name} on {url}: {exc}")
+    return problems
+
+
+def create_regions(wanted: list[tuple[str, tuple[int, ...], np.dtype]]) -> list[_Shm]:
+    """All the regions or none: when one cannot be created, those made before it are destroyed again."""
+    made: list[_Shm] = []
+    try:
+        for role, shape, dtype in wanted:
+            made.append(_create_region(role, shape, dtype))
+    except BaseException:
+        destroy_regions(made)
+        raise
+    return made
+
+
+def destroy_regions(regions: list[_Shm]) -> list[str]:
+    import tritonclient.utils.shared_memory as shm
+
+    problems = []
+    for region in regions:
+        try:
+            with triton_call("this host", f"destroy shared memory {region.name}"):
+                shm.destroy_shared_memory_region(region.handle)
+        except TritonctlError as exc:
+            problems.append(f"destroy {region.name}: {exc}")
+    return problems
 
 
 def _create_region(role: str, shape: tuple[int, ...], dtype: np.dtype) -> _Shm:
     import tritonclient.utils.shared_memory as shm
 
-    n = next(_region_ids)
-    name = f"tritonctl_{os.getpid()}_{role}{n}"
+    name = f"tritonctl_{os.getpid()}_{role}{next(_region_ids)}"
     size = int(np.prod(shape)) * dtype.itemsize
-    handle = shm.create_shared_memory_region(name, f"/{name}", size)
+    with triton_call("this host", f"create shared memory {name} ({size} bytes)"):
+        handle = shm.create_shared_memory_region(name, f"/{name}", size, create_only=True)
     return _Shm(name, f"/{name}", size, handle, shm.get_contents_as_numpy(handle, dtype, shape))
 
 
-def server_stats(protocol: str, url: str, model: str) -> dict[str, float]:
+def server_stats(protocol: str, endpoint: Endpoint, model: str) -> dict[str, float]:
     """Cumulative success count, queue and compute nanoseconds of a model (for before/after deltas)."""
-    client = make_client(protocol, url, timeout_s=5)
+    client = make_client(protocol, endpoint, timeout_s=5)
     try:
-        stats = _as_dict(client.get_inference_statistics(model))
+        with triton_call(endpoint.url, f"report statistics of {model!r}"):
+            stats = _as_dict(client.get_inference_statistics(model))
     finally:
-        client.close()
+        close_client(client, endpoint.url)
     total = {"count": 0.0, "queue_ns": 0.0, "compute_ns": 0.0, "executions": 0.0}
     for s in stats.get("model_stats", []):
         inf = s.get("inference_stats", {})

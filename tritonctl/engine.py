@@ -7,12 +7,12 @@ import json
 import re
 import shutil
 import statistics
-import subprocess
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tritonctl import procs
 from tritonctl.errors import BadInput, ToolMissing
 from tritonctl.metadata import ModelMeta, read_onnx
 
@@ -199,29 +199,14 @@ def find_trtexec() -> str:
 
 
 def run_local(command: list[str], log_file: Path, on_line: Callable[[str], None]) -> int:
-    with open(log_file, "w") as log, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                                      text=True, stdin=subprocess.DEVNULL) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            on_line(line.rstrip())
-        return proc.wait()
+    """trtexec on this host; its log streamed and kept; on Ctrl-C its whole process group ends with us."""
+    code = procs.run(command, on_line, log_file=log_file).exit_code
+    return 1 if code is None else code
 
 
 def run_docker(spec: dict[str, Any], log_file: Path, on_line: Callable[[str], None]) -> int:
-    from tritonctl.server import docker_client
-
-    client = docker_client()
-    container = client.containers.run(**spec)
-    try:
-        with open(log_file, "w") as log:
-            for chunk in container.logs(stream=True, follow=True):
-                for line in chunk.decode(errors="replace").splitlines():
-                    log.write(line + "\n")
-                    on_line(line)
-        return int(container.wait().get("StatusCode", 1))
-    finally:
-        container.remove(force=True)
+    code = procs.run_container(spec, on_line, log_file).exit_code
+    return 1 if code is None else code
 
 
 @dataclass

@@ -7,13 +7,13 @@ import csv
 import os
 import re
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tritonctl import procs
 from tritonctl.errors import ToolMissing
 
 SDK_IMAGE = "nvcr.io/nvidia/tritonserver:25.10-py3-sdk"
@@ -28,8 +28,8 @@ class PerfTool:
 
 def _works(command: list[str]) -> bool:
     try:
-        return subprocess.run([*command, "--version"], capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
+        return procs.run([*command, "--version"], timeout_s=20).exit_code == 0
+    except ToolMissing:
         return False
 
 
@@ -90,14 +90,8 @@ def run(tool: PerfTool, args: list[str], out_dir: Path, on_line: Callable[[str],
     """Run perf_analyzer with args (paths inside out_dir); returns its exit code and output lines."""
     if tool.kind == "docker":
         return _run_docker(args, out_dir, on_line)
-    lines: list[str] = []
-    with subprocess.Popen([*tool.command, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          stdin=subprocess.DEVNULL, cwd=out_dir) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line.rstrip())
-            on_line(line.rstrip())
-        return proc.wait(), lines
+    done = procs.run([*tool.command, *args], on_line, cwd=out_dir, keep_lines=True)
+    return (1 if done.exit_code is None else done.exit_code), done.lines
 
 
 def docker_spec(args: list[str], out_dir: Path) -> dict[str, Any]:
@@ -106,18 +100,8 @@ def docker_spec(args: list[str], out_dir: Path) -> dict[str, Any]:
 
 
 def _run_docker(args: list[str], out_dir: Path, on_line: Callable[[str], None]) -> tuple[int, list[str]]:
-    from tritonctl.server import docker_client
-
-    container = docker_client().containers.run(**docker_spec(args, out_dir))
-    lines: list[str] = []
-    try:
-        for chunk in container.logs(stream=True, follow=True):
-            for line in chunk.decode(errors="replace").splitlines():
-                lines.append(line)
-                on_line(line)
-        return int(container.wait().get("StatusCode", 1)), lines
-    finally:
-        container.remove(force=True)
+    done = procs.run_container(docker_spec(args, out_dir), on_line, keep_lines=True)
+    return (1 if done.exit_code is None else done.exit_code), done.lines
 
 
 _LIVE = re.compile(r"Concurrency: (\d+), throughput: ([0-9.]+) infer/sec, latency (\d+) usec")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tritonctl.errors import ModelError
+from tritonctl.errors import BadInput, ModelError
 
 MAX_WH = 7680.0  # per-class NMS by offsetting boxes of each class this far apart (as Ultralytics does)
 
@@ -26,6 +26,19 @@ class PostSettings:
     classes: tuple[int, ...] | None = None
     agnostic: bool = False
     max_nms: int = 30000
+
+    def __post_init__(self) -> None:
+        # Out-of-range values decode silently into nothing (or everything): refuse them where they are given.
+        if not 0 <= self.conf <= 1:
+            raise BadInput(f"--conf {self.conf:g}: a confidence threshold lies in 0..1, e.g. 0.25")
+        if not 0 <= self.iou <= 1:
+            raise BadInput(f"--iou {self.iou:g}: an IoU threshold lies in 0..1, e.g. 0.45")
+        if self.max_det < 1:
+            raise BadInput(f"--max-det {self.max_det}: keep at least 1 detection per image, e.g. 300")
+        if self.max_nms < 1:
+            raise BadInput(f"max_nms {self.max_nms}: NMS needs at least 1 candidate box")
+        if self.classes is not None and any(c < 0 for c in self.classes):
+            raise BadInput(f"--classes {','.join(map(str, self.classes))}: class ids are 0 or more")
 
 
 def head_layout(shape: tuple[int, ...], n_classes: int | None = None) -> str:

@@ -1,4 +1,11 @@
-"""Launching Triton: the local runtime as a child process, or the NGC image through the docker SDK; and stopping it."""
+"""The running Triton server: the local runtime as a child process, or the NGC image through the docker SDK.
+
+`start(settings)` returns an object that owns the server: `alive()`, `follow()` (its log in the foreground until it
+exits or a stop signal arrives), `stop()` (which says truthfully how it went) and `record()` (what `serve` leaves in
+the state folder so that `status` and `stop` find it again). A local server is one process group whose members all
+carry its id in their environment, Triton's Python backend stubs included, and whose shared-memory regions in
+/dev/shm carry that id in their names; stopping it ends every one of them and removes the regions.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -17,11 +23,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tritonctl import procs
+from tritonctl.endpoint import Endpoint, parse_endpoint
 from tritonctl.errors import BadInput, ModelError, ServerError, ToolMissing
+from tritonctl.procs import docker_client
+
+__all__ = ["docker_client"]  # engine and perf used to take it from here
 
 DEFAULT_IMAGE = "nvcr.io/nvidia/tritonserver:25.10-py3"
 CONTAINER_LABEL = "tritonctl"
 CONTAINER_REPO = "/models"
+SHM_DIR = Path("/dev/shm")
+SHM_PREFIX = "tritonctl_"  # + server id + "_": the Python backend's shm-region-prefix-name for our servers
+EXIT_TIMEOUT_S = 10  # Triton's own --exit-timeout-secs: how long it waits for in-flight requests after SIGTERM
+STUB = "triton_python_backend_stub"
 
 
 def state_dir() -> Path:
@@ -51,6 +66,7 @@ class ServeSettings:
         s = cls(**kw)
         if s.runtime not in ("local", "docker"):
             raise BadInput(f"--runtime {s.runtime!r}: choose local or docker")
+        _check_host(s.host)
         if not s.repo.is_dir():
             raise BadInput(f"model repository {s.repo} does not exist: create one with `tritonctl config` or pass --repo")
         if not any(p.is_dir() and not p.name.startswith(".") for p in s.repo.iterdir()):
@@ -69,17 +85,39 @@ class ServeSettings:
         return s
 
     @property
+    def endpoint(self) -> Endpoint:
+        """Where clients on this host reach the HTTP endpoint (a wildcard bind is reached through loopback)."""
+        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return Endpoint(host, self.http_port)
+
+    @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        return f"{host}:{self.http_port}"
+        return self.endpoint.url
+
+    @property
+    def grpc_url(self) -> str:
+        return self.endpoint.with_port(self.grpc_port).url
+
+    @property
+    def metrics_url(self) -> str:
+        return f"{self.endpoint.with_port(self.metrics_port).url}/metrics"
+
+
+def _check_host(host: str) -> None:
+    if host in ("", "0.0.0.0", "::"):
+        return
+    bracketed = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    if parse_endpoint(bracketed, flag="--host").host != host.strip("[]"):
+        raise BadInput(f"--host {host!r}: give an address only, without scheme or port (ports: --http-port, …)")
 
 
 def port_free(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
         # As servers bind: connections of a server that just died (TIME_WAIT) do not make the port busy.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((host, port))
+            sock.bind((host.strip("[]"), port))
         except OSError:
             return False
     return True
@@ -102,11 +140,12 @@ def is_ready(url: str, timeout: float = 1.0) -> bool:
     try:
         with urllib.request.urlopen(f"http://{url}/v2/health/ready", timeout=timeout) as resp:
             return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError):
+    except (urllib.error.URLError, OSError, ValueError):
         return False
 
 
 _LOAD_FAILURE = re.compile(r"failed to load '([^']+)' version (\d+): (.+)")
+_BENIGN = ("CudaDriverHelper has not been initialized",)  # logged at every start on a host without a GPU
 _TABLE_ROW = re.compile(r"^\|\s*([^|\s]+)\s*\|\s*(\d+)\s*\|\s*UNAVAILABLE: (.+?)\s*\|$")
 
 
@@ -116,7 +155,7 @@ def diagnose(log: str) -> str:
         m = _LOAD_FAILURE.search(line) or _TABLE_ROW.search(line.strip())
         if m:
             return f"model '{m.group(1)}' (version {m.group(2)}) failed to load: {m.group(3).strip()}"
-    errors = [ln for ln in log.splitlines() if ln.startswith("E") and re.match(r"^E\d{4}", ln)]
+    errors = [ln for ln in log.splitlines() if re.match(r"^E\d{4}", ln) and not any(b in ln for b in _BENIGN)]
     if errors:
         return errors[-1].split("] ", 1)[-1]
     tail = [ln for ln in log.splitlines() if ln.strip()]
@@ -136,12 +175,131 @@ def wait_ready(url: str, timeout_s: float, alive: Callable[[], bool], log: Calla
     raise ServerError(f"Triton was not ready at {url} after {timeout_s:.0f} s: {diagnose(log())} (raise --timeout?)")
 
 
-# ---------------------------------------------------------------- local runtime
+# ---------------------------------------------------------------- what stopping did
+
+
+@dataclass(frozen=True)
+class StopResult:
+    """How a stop went, told as it was: in time, or forced (and what had to be killed), and what was cleaned up."""
+
+    found: bool  # the server (tritonserver, the container) was still running
+    seconds: float = 0.0
+    killed: tuple[str, ...] = ()  # processes that needed SIGKILL
+    left: tuple[str, ...] = ()  # processes that survived even SIGKILL (should never happen)
+    regions_removed: int = 0  # shared-memory regions the server had left in /dev/shm
+    notes: tuple[str, ...] = ()  # what Triton's log or exit status said about its shutdown
+    exit_code: int | None = None  # tritonserver's (negative: the signal that ended it), when we can know it
+
+    @property
+    def forced(self) -> bool:
+        return bool(self.killed)
+
+    def describe(self) -> str:
+        """`stopped in 1.2 s`, `stopped (forced after 15.0 s: SIGKILL to …)`, `already gone`, with what else happened."""
+        if not self.found:
+            parts = [f"SIGKILL to what it left running: {', '.join(self.killed)}"] if self.killed else []
+        else:
+            parts = [f"forced after {self.seconds:.1f} s: SIGKILL to {', '.join(self.killed)}"] if self.killed else []
+        parts.extend(self.notes)
+        if self.left:
+            parts.append(f"still running after SIGKILL: {', '.join(self.left)}")
+        if self.regions_removed:
+            parts.append(f"removed {self.regions_removed} shared-memory region(s) it left in {SHM_DIR}")
+        head = "already gone" if not self.found else "stopped" if self.killed else f"stopped in {self.seconds:.1f} s"
+        return head + (f" ({'; '.join(parts)})" if parts else "")
+
+
+def _shutdown_notes(log_tail: str, exit_code: int | None, killed: bool) -> tuple[str, ...]:
+    """What the server's own log (written after our SIGTERM) and its exit status say about how it ended."""
+    notes = []
+    timed_out = "Exit timeout expired" in log_tail
+    if timed_out:
+        # Triton waits for clients' open (keep-alive) connections too, e.g. a `detect` still streaming
+        conns = re.findall(r"Found (\d+) (HTTP|GRPC|gRPC) service connections", log_tail)
+        waited_for = f"{conns[-1][0]} open {conns[-1][1]} client connections" if conns else "requests in flight"
+        notes.append(f"Triton's {EXIT_TIMEOUT_S} s exit timeout expired waiting for {waited_for}")
+    # Triton logs "Signal (N) received." for our SIGTERM too; any other signal is a crash on the way out.
+    crash = next((n for n in re.findall(r"Signal \((\d+)\) received", log_tail) if int(n) not in (2, 15)), None)
+    if crash:
+        notes.append(f"tritonserver crashed while exiting (signal {crash})")
+    elif exit_code is not None and exit_code < 0 and not killed:
+        notes.append(f"tritonserver ended by {signal.Signals(-exit_code).name}")
+    elif exit_code is not None and exit_code > 0 and not timed_out:
+        notes.append(f"tritonserver exited with code {exit_code}")
+    return tuple(notes)
+
+
+def _log_size(path: Path | None) -> int:
+    try:
+        return path.stat().st_size if path else 0
+    except OSError:
+        return 0
+
+
+def _log_since(path: Path | None, offset: int) -> str:
+    if path is None:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+# ---------------------------------------------------------------- shared memory and orphans of local servers
+
+
+def shm_regions(server_id: str | None = None) -> list[Path]:
+    """Our servers' Python-backend regions in /dev/shm (of one server when `server_id` is given), ours to remove."""
+    prefix = SHM_PREFIX + (f"{server_id}_" if server_id else "")
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(SHM_DIR):
+            with contextlib.suppress(OSError):  # removed meanwhile
+                if entry.name.startswith(prefix) and entry.stat(follow_symlinks=False).st_uid == os.getuid():
+                    found.append(Path(entry.path))
+    return found
+
+
+def remove_shm(server_id: str) -> int:
+    removed = 0
+    for path in shm_regions(server_id):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed += 1
+    return removed
+
+
+def sweep_orphans() -> list[str]:
+    """End what our dead servers left: stubs whose tritonserver is gone (they outlive a SIGKILLed server, each holding
+    hundreds of MB) and shared-memory regions of servers that no longer run. Returns what was removed."""
+    regions = shm_regions()  # listed before the processes: a region created after this is never a candidate
+    by_server: dict[str, list[int]] = {}
+    for pid, server_id in procs.marked(procs.MARK_ENV).items():
+        by_server.setdefault(server_id, []).append(pid)
+    removed: list[str] = []
+    for pids in by_server.values():
+        names = [Path(a[0]).name if (a := procs.cmdline(p)) else "" for p in pids]
+        if STUB in names and "tritonserver" not in names:
+            killed, _ = procs.kill_all(p for p, n in zip(pids, names, strict=True) if n == STUB)
+            removed.extend(killed)
+    running = set(procs.marked(procs.MARK_ENV).values())
+    for path in regions:
+        server_id = path.name[len(SHM_PREFIX):].split("_", 1)[0]
+        if server_id not in running:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(str(path))
+    return removed
+
+
+# ---------------------------------------------------------------- the record in the state folder
 
 
 @dataclass
 class ServerRecord:
-    """What `serve --detach` leaves in the state folder so that `status` and `stop` find it again."""
+    """What `serve` leaves in the state folder so that `status` and `stop` find the server again."""
 
     runtime: str
     url: str
@@ -151,39 +309,108 @@ class ServerRecord:
     repo: str = ""
     metrics_url: str | None = None
     started: float = field(default_factory=time.time)
+    server_id: str = ""  # the marker its processes carry in their environment, and the name of its shm regions
 
     def path(self) -> Path:
-        return state_dir() / f"server-{self.url.replace(':', '-')}.json"
+        return state_dir() / f"server-{re.sub(r'[^A-Za-z0-9.]+', '-', self.url).strip('-')}.json"
 
     def save(self) -> None:
-        self.path().write_text(json.dumps(asdict(self)))
+        tmp = self.path().with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self)))
+        tmp.replace(self.path())
+
+    def forget(self) -> None:
+        """Remove this record (only if the file is still this server's, not a newer one on the same endpoint)."""
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads(self.path().read_text()).get("started") == self.started:
+                self.path().unlink()
+
+    def endpoint(self) -> Endpoint:
+        return parse_endpoint(self.url)
+
+    def members(self) -> set[int]:
+        """The live processes of a local server."""
+        if self.server_id:
+            return set(procs.marked(procs.MARK_ENV, self.server_id))
+        # written before servers carried an id: its process group, if its leader is still tritonserver
+        if self.pid and procs.alive(self.pid) and "tritonserver" in " ".join(procs.cmdline(self.pid)[:1]):
+            return set(procs.group_members(self.pid))
+        return set()
+
+    def running(self) -> bool:
+        if self.runtime != "local":
+            return True  # asking docker costs a daemon round trip: a dead container shows in `status` instead
+        if self.pid is None or not procs.alive(self.pid):
+            return False
+        env = procs.environ(self.pid)
+        if env is None:  # another user's process: we cannot tell, so we do not forget it
+            return True
+        if self.server_id:
+            return env.get(procs.MARK_ENV) == self.server_id  # not a new process that reuses the pid
+        return self.pid in self.members()
 
 
-def records() -> list[ServerRecord]:
+def records(prune: bool = True) -> list[ServerRecord]:
+    """The servers `serve` started. `prune`: forget local servers that died without `stop`, cleaning up after them."""
     out = []
     for p in sorted(state_dir().glob("server-*.json")):
         try:
-            out.append(ServerRecord(**json.loads(p.read_text())))
-        except (ValueError, TypeError):
+            record = ServerRecord(**json.loads(p.read_text()))
+            record.endpoint()
+        except (ValueError, TypeError, BadInput):
             p.unlink(missing_ok=True)  # a record we cannot read points at nothing we can stop
+            continue
+        if prune and not record.running():
+            _stop_local_record(record, timeout_s=5, settle_s=0)  # only leftovers remain: stubs, shm regions
+            p.unlink(missing_ok=True)
+            continue
+        out.append(record)
     return out
 
 
-def local_command(s: ServeSettings, binary: Path, backend_dir: Path) -> list[str]:
+def same_server(a: Endpoint, b: Endpoint) -> bool:
+    """localhost:8000 and 127.0.0.1:8000 are the same server to the user who typed them."""
+    return a == b or (a.port == b.port and a.local and b.local)
+
+
+def find_records(endpoint: Endpoint | None, prune: bool = True) -> list[ServerRecord]:
+    return [r for r in records(prune) if endpoint is None or same_server(r.endpoint(), endpoint)]
+
+
+# ---------------------------------------------------------------- local runtime
+
+
+def local_command(s: ServeSettings, binary: Path, backend_dir: Path, server_id: str) -> list[str]:
     return [
         str(binary), f"--model-repository={s.repo.resolve()}", f"--backend-directory={backend_dir}",
         f"--http-address={s.host}", f"--http-port={s.http_port}",
         f"--grpc-address={s.host}", f"--grpc-port={s.grpc_port}",
         f"--metrics-address={s.host}", f"--metrics-port={s.metrics_port}",
-        "--allow-metrics=true", "--allow-gpu-metrics=false", "--exit-timeout-secs=10", "--log-verbose=0",
+        "--allow-metrics=true", "--allow-gpu-metrics=false", f"--exit-timeout-secs={EXIT_TIMEOUT_S}", "--log-verbose=0",
+        # Region names carry the server's id, so a SIGKILLed server's regions can be told apart and removed.
+        f"--backend-config=python,shm-region-prefix-name={SHM_PREFIX}{server_id}_",
     ]
 
 
 @dataclass
 class LocalServer:
     settings: ServeSettings
-    process: subprocess.Popen[bytes]
+    child: procs.Child
     log_file: Path
+    started: float = field(default_factory=time.time)
+
+    @property
+    def process(self) -> Any:
+        """tritonserver's Popen."""
+        return self.child.popen
+
+    @property
+    def server_id(self) -> str:
+        return self.child.mark
+
+    @property
+    def url(self) -> str:
+        return self.settings.url
 
     def log(self) -> str:
         try:
@@ -192,24 +419,48 @@ class LocalServer:
             return ""
 
     def alive(self) -> bool:
-        return self.process.poll() is None
+        return self.child.alive()
 
-    def stop(self, timeout_s: float = 15.0) -> None:
-        terminate(self.process.pid, timeout_s, self.process.wait)
+    def follow(self, on_line: Callable[[str], None]) -> str | None:
+        """The server's log, line by line, until it exits (returns None) or a stop signal arrives (returns its name)."""
+        with procs.stop_on_signals():
+            try:
+                procs.follow_file(self.log_file, self.alive, on_line)
+            except procs.StopRequested as stop:
+                return stop.name
+        return None
+
+    def stop(self, timeout_s: float = 15.0) -> StopResult:
+        """SIGTERM to the server's group; after timeout_s (or once tritonserver has gone and its stubs linger),
+        SIGKILL to all of it; then its shared-memory regions."""
+        offset = _log_size(self.log_file)
+        ended = self.child.stop(timeout_s)
+        regions = remove_shm(self.server_id)
+        sweep_orphans()
+        self.record().forget()
+        notes = _shutdown_notes(_log_since(self.log_file, offset), ended.exit_code, "tritonserver" in " ".join(ended.killed))
+        return StopResult(ended.found, ended.seconds, ended.killed, ended.left, regions, notes, ended.exit_code)
+
+    def record(self) -> ServerRecord:
+        s = self.settings
+        return ServerRecord("local", s.url, pid=self.child.pid, log_file=str(self.log_file), repo=str(s.repo),
+                            metrics_url=s.metrics_url, server_id=self.server_id, started=self.started)
 
 
 def start_local(s: ServeSettings) -> LocalServer:
+    """Start tritonserver and wait until it is ready. Unless `s.detach`, it gets SIGTERM if this process dies
+    (the thread that calls this must live as long as the server: Linux ties that signal to the starting thread)."""
     from tritonctl.runtime import find_local_runtime
 
     runtime = find_local_runtime()
+    sweep_orphans()
+    server_id = procs.new_mark()
     log_file = s.log_file or state_dir() / f"triton-{s.http_port}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "wb") as log:
-        process = subprocess.Popen(
-            local_command(s, runtime.binary, runtime.backend_dir), stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, env=runtime.env(), start_new_session=True,
-        )
-    server = LocalServer(s, process, log_file)
+        child = procs.spawn(local_command(s, runtime.binary, runtime.backend_dir, server_id), env=runtime.env(),
+                            stdout=log, die_with_parent=not s.detach, mark=server_id)
+    server = LocalServer(s, child, log_file)
     try:
         wait_ready(s.url, s.timeout_s, server.alive, server.log)
     except BaseException:
@@ -218,45 +469,14 @@ def start_local(s: ServeSettings) -> LocalServer:
     return server
 
 
-def terminate(pid: int, timeout_s: float, wait: Callable[..., Any] | None = None) -> bool:
-    """SIGTERM, then SIGKILL after timeout_s. Returns False when there was no such process."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return False
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if wait is not None:
-            try:
-                wait(timeout=0.2)
-                return True
-            except subprocess.TimeoutExpired:
-                continue
-        if not _pid_alive(pid):
-            return True
-        time.sleep(0.2)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    if wait is not None:
-        wait()
-    return True
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        waited, _ = os.waitpid(pid, os.WNOHANG)
-        if waited == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie still answers kill(0)
-        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
-    except OSError:
-        return True
+def _stop_local_record(record: ServerRecord, timeout_s: float, settle_s: float = 2.0) -> StopResult:
+    log = Path(record.log_file) if record.log_file else None
+    offset = _log_size(log)
+    leader = record.pid if record.running() else None
+    ended = procs.terminate_members(record.members, leader, timeout_s, settle_s)
+    regions = remove_shm(record.server_id) if record.server_id else 0
+    notes = _shutdown_notes(_log_since(log, offset), None, False) if leader else ()
+    return StopResult(ended.found, ended.seconds, ended.killed, ended.left, regions, notes)
 
 
 # ---------------------------------------------------------------- docker runtime
@@ -277,7 +497,8 @@ def container_spec(s: ServeSettings) -> dict[str, Any]:
     never privileged, ports published on the host address asked for."""
     return {
         "image": s.image,
-        "command": ["tritonserver", f"--model-repository={CONTAINER_REPO}", "--log-verbose=0"],
+        "command": ["tritonserver", f"--model-repository={CONTAINER_REPO}", "--log-verbose=0",
+                    f"--exit-timeout-secs={EXIT_TIMEOUT_S}"],
         "name": f"{s.name}-{s.http_port}",
         "labels": {CONTAINER_LABEL: "1", f"{CONTAINER_LABEL}.url": s.url},
         "detach": True,
@@ -292,21 +513,51 @@ def container_spec(s: ServeSettings) -> dict[str, Any]:
     }
 
 
-def docker_client() -> Any:
-    try:
-        import docker
-    except ImportError as exc:
-        raise ToolMissing("the docker Python package is missing: `pip install docker` (or use --runtime local)") from exc
-    try:
-        client = docker.from_env()
-        client.ping()
-    except Exception as exc:
-        raise ToolMissing(f"cannot reach the Docker daemon ({exc.__class__.__name__}): start Docker, "
-                          "or use --runtime local") from exc
-    return client
+@dataclass
+class DockerServer:
+    settings: ServeSettings
+    container: Any
+    started: float = field(default_factory=time.time)
+
+    @property
+    def url(self) -> str:
+        return self.settings.url
+
+    def log(self) -> str:
+        try:
+            return str(self.container.logs().decode(errors="replace"))
+        except Exception:  # the container is gone, or the daemon
+            return ""
+
+    def alive(self) -> bool:
+        try:
+            self.container.reload()
+        except Exception:  # removed, or the daemon went away: either way it does not serve
+            return False
+        return bool(self.container.status in ("created", "running"))
+
+    def follow(self, on_line: Callable[[str], None], poll_s: float = 1.0) -> str | None:
+        """The container's log until it stops (polled: a container can die without ending the log stream),
+        or until a stop signal arrives (returns its name)."""
+        with procs.stop_on_signals():
+            try:
+                procs.stream_container(self.container, on_line, self.alive, poll_s=poll_s, since=int(time.time()))
+            except procs.StopRequested as stop:
+                return stop.name
+        return None
+
+    def stop(self, timeout_s: float = 15.0) -> StopResult:
+        result = _stop_container(self.container.name, timeout_s, self.container)
+        self.record().forget()
+        return result
+
+    def record(self) -> ServerRecord:
+        s = self.settings
+        return ServerRecord("docker", s.url, container=str(self.container.name), repo=str(s.repo),
+                            metrics_url=s.metrics_url, started=self.started)
 
 
-def start_docker(s: ServeSettings) -> Any:
+def start_docker(s: ServeSettings) -> DockerServer:
     import docker.errors
 
     client = docker_client()
@@ -314,36 +565,57 @@ def start_docker(s: ServeSettings) -> Any:
         client.images.get(s.image)
     except docker.errors.ImageNotFound as exc:
         raise ToolMissing(f"image {s.image} is not on this host: `docker pull {s.image}` first, or pass --image") from exc
-    spec = container_spec(s)
-    container = client.containers.run(**spec)
-
-    def log() -> str:
-        return str(container.logs().decode(errors="replace"))
-
-    def alive() -> bool:
-        container.reload()
-        return bool(container.status in ("created", "running"))
-
+    server = DockerServer(s, client.containers.run(**container_spec(s)))
     try:
-        wait_ready(s.url, s.timeout_s, alive, log)
+        wait_ready(s.url, s.timeout_s, server.alive, server.log)
     except BaseException:
-        container.remove(force=True)
+        with procs.signals_deferred():
+            server.container.remove(force=True)
         raise
-    return container
+    return server
 
 
-def stop_record(record: ServerRecord, timeout_s: float) -> bool:
-    if record.runtime == "docker" and record.container:
-        client = docker_client()
+def _stop_container(name: str, timeout_s: float, container: Any = None) -> StopResult:
+    t0 = time.monotonic()
+    with procs.signals_deferred():
         try:
-            container = client.containers.get(record.container)
-            container.stop(timeout=int(timeout_s))
-            container.remove()
+            container = container or docker_client().containers.get(name)
+            container.reload()
+            found = container.status in ("created", "running", "restarting", "paused")
+            container.stop(timeout=max(0, int(timeout_s)))
+            container.reload()
+            code = int(container.attrs.get("State", {}).get("ExitCode", 0))
+            container.remove(force=True)
+        except ToolMissing:
+            raise
         except Exception as exc:
-            if exc.__class__.__name__ != "NotFound":
-                raise ServerError(f"cannot stop container {record.container}: {exc}") from exc
-        record.path().unlink(missing_ok=True)
-        return True
-    stopped = terminate(record.pid, timeout_s) if record.pid else False
+            if exc.__class__.__name__ == "NotFound":
+                return StopResult(False)
+            raise ServerError(f"cannot stop container {name}: {exc}") from exc
+    seconds = time.monotonic() - t0
+    # docker stop sends SIGKILL after its timeout: exit code 137 says it had to
+    killed = (f"container {name}",) if found and code == 137 else ()
+    return StopResult(found, seconds, killed, exit_code=None if found else code)
+
+
+# ---------------------------------------------------------------- either
+
+
+RunningServer = LocalServer | DockerServer
+
+
+def start(s: ServeSettings) -> RunningServer:
+    return start_docker(s) if s.runtime == "docker" else start_local(s)
+
+
+def stop_record(record: ServerRecord, timeout_s: float) -> StopResult:
+    """Stop a server `serve` started in another process, found through its record."""
+    # Forgotten first: a foreground `serve` that sees its server go then knows it was asked to, not a crash.
     record.path().unlink(missing_ok=True)
-    return stopped
+    try:
+        if record.runtime == "docker" and record.container:
+            return _stop_container(record.container, timeout_s)
+        return _stop_local_record(record, timeout_s)
+    except BaseException:
+        record.save()  # not stopped: still findable for the next try
+        raise

@@ -1,10 +1,12 @@
-"""Where detections go: an annotated video per source, JSON Lines, a window. Each file is written under a temporary
-name and moved into place when the run ends (normally, on Ctrl-C or on an error), so a finished name is never partial.
+"""Where detections go: an annotated video per video source, a folder of annotated images per image source, JSON
+Lines, a window. Each file is written under a temporary name and moved into place when it is complete (images: one by
+one; videos and JSON Lines: when the run ends, normally, on Ctrl-C or on an error), so a finished name is never partial.
 
 JSON Lines schema (one line per inferred frame, in order):
   {"source": 0, "uri": "video.mp4", "frame": 12, "timestamp": 0.4,
    "detections": [{"x1": 10.5, "y1": 20.0, "x2": 110.0, "y2": 220.0, "score": 0.91, "class_id": 2, "class": "triangle"}]}
 Coordinates are pixels of the source frame; timestamp is seconds into the file, or since the start for live sources.
+Lines of an image source (a folder, a glob, an image) also carry "path": the image file the frame was read from.
 """
 
 from __future__ import annotations
@@ -12,19 +14,60 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
-from tritonctl.video import SourceSpec
+from tritonctl.errors import BadInput
+from tritonctl.video import IMAGE_SUFFIXES, SourceSpec
 
 _PALETTE = np.array([[56, 56, 255], [151, 157, 255], [31, 112, 255], [29, 178, 255], [49, 210, 207], [10, 249, 72],
                      [23, 204, 146], [134, 219, 61], [52, 147, 26], [187, 212, 0], [168, 153, 44], [255, 194, 0]])
 
 
-def _partial(path: Path) -> Path:
+VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv")  # containers OpenCV writes here (mp4v or MJPG)
+
+
+def partial_path(path: Path) -> Path:
+    """Where a file is written until it is complete."""
     return path.with_name(f".{path.stem}.partial{path.suffix}")
+
+
+def output_targets(path: Path, sources: list[SourceSpec]) -> dict[int, Path]:
+    """Where `--output PATH` puts each source's annotated frames: a video file for a video, stream or webcam; a folder
+    of images, named after the inputs, for an image source (never a video of resized stills).
+
+    - PATH names a video (out.mp4): one source writes out.mp4; several write out_<id>.mp4, and their image sources
+      (mixed with videos) write the folders out_<id>/. Image sources alone need a folder instead (refused).
+    - PATH names a folder (annotated/, or any name without a video extension): only image sources; one source writes
+      into annotated/, several into annotated/<id>/."""
+    images = [s.id for s in sources if s.kind == "images"]
+    several = len(sources) > 1
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        raise BadInput(f"--output {path}: annotated images are written into a folder, each named after its input; "
+                       f"name a folder, e.g. --output {path.with_suffix('')}/")
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        if len(images) < len(sources):
+            raise BadInput(f"--output {path}: a video source writes an annotated video: name a video file ending in "
+                           f"{', '.join(VIDEO_SUFFIXES)}, e.g. out.mp4 (image sources given with it go to out_<id>/)")
+        return {sid: path / str(sid) if several else path for sid in images}
+    if len(images) == len(sources):
+        raise BadInput(f"--output {path}: image sources are written as annotated images, one per input, into a folder; "
+                       f"name a folder, e.g. --output {path.with_suffix('')}/")
+    if not several:
+        return {sources[0].id: path}
+    return {s.id: path.with_name(f"{path.stem}_{s.id}" + ("" if s.kind == "images" else path.suffix)) for s in sources}
+
+
+def image_names(spec: SourceSpec) -> dict[Path, Path]:
+    """Each input image's name in its output folder: its path below the folder that holds all of the source's images,
+    so a glob over several folders (data/*/*.jpg) keeps a/1.jpg and b/1.jpg apart."""
+    folders = [str(p.parent.absolute()) for p in spec.paths]
+    common = Path(os.path.commonpath(folders)) if folders else Path()
+    return {p: p.absolute().relative_to(common) for p in spec.paths}
 
 
 def class_name(names: dict[int, str], cls: int) -> str:
@@ -33,96 +76,165 @@ def class_name(names: dict[int, str], cls: int) -> str:
 
 class JsonlSink:
     def __init__(self, path: Path, sources: list[SourceSpec]) -> None:
-        self.path, self.tmp = path, _partial(path)
+        self.path, self.tmp = path, partial_path(path)
         self.uris = {s.id: s.uri for s in sources}
         self.file: IO[str] = open(self.tmp, "w")  # noqa: SIM115 - closed in close(), also on Ctrl-C
+        self.lines = 0
 
     def write(self, result: Any, info: Any) -> None:
         det = result.detections
         rows = [{"x1": round(float(d[0]), 2), "y1": round(float(d[1]), 2), "x2": round(float(d[2]), 2),
                  "y2": round(float(d[3]), 2), "score": round(float(d[4]), 4), "class_id": int(d[5]),
                  "class": class_name(info.names, int(d[5]))} for d in det]
-        line = {"source": result.frame.source, "uri": self.uris[result.frame.source], "frame": result.frame.index,
-                "timestamp": round(result.frame.timestamp, 4), "detections": rows}
+        frame = result.frame
+        line: dict[str, Any] = {"source": frame.source, "uri": self.uris[frame.source], "frame": frame.index}
+        if frame.path is not None:
+            line["path"] = str(frame.path)
+        line.update(timestamp=round(frame.timestamp, 4), detections=rows)
         self.file.write(json.dumps(line) + "\n")
+        self.lines += 1
+
+    def written(self) -> list[tuple[Path, int]]:
+        return [(self.path, self.lines)]
 
     def close(self) -> None:
         self.file.close()
         os.replace(self.tmp, self.path)
 
 
-def draw(image: np.ndarray, det: np.ndarray, names: dict[int, str], fps: float | None = None) -> np.ndarray:
+def fps_label(fps: float | None) -> str | None:
+    """The overlay text of an annotated frame: the throughput measured by FpsMeter (None: no overlay)."""
+    return None if fps is None else f"{fps:.1f} fps"
+
+
+def draw(image: np.ndarray, det: np.ndarray, names: dict[int, str], label: str | None = None) -> np.ndarray:
     import cv2
 
     for x1, y1, x2, y2, score, cls in det:
         color = tuple(int(c) for c in _PALETTE[int(cls) % len(_PALETTE)])
         p1, p2 = (int(x1), int(y1)), (int(x2), int(y2))
         cv2.rectangle(image, p1, p2, color, 2, cv2.LINE_AA)
-        label = f"{class_name(names, int(cls))} {score:.2f}"
-        (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+        text = f"{class_name(names, int(cls))} {score:.2f}"
+        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
         top = max(p1[1], th + 4)
         cv2.rectangle(image, (p1[0], top - th - 4), (p1[0] + tw + 2, top), color, -1)
-        cv2.putText(image, label, (p1[0] + 1, top - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
-    if fps is not None:
-        cv2.putText(image, f"{fps:.1f} fps", (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 255, 0), 2, cv2.LINE_AA)
+        cv2.putText(image, text, (p1[0] + 1, top - 3), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
+    if label is not None:
+        cv2.putText(image, label, (8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.7, (0, 255, 0), 2, cv2.LINE_AA)
     return image
 
 
-class _FpsMeter:
-    def __init__(self) -> None:
-        self.times: list[float] = []
+class FpsMeter:
+    """Frames per second of wall time over the last `window_s` (since the meter started, while it is younger): frames
+    emitted in a burst (one batch) average out, and the first frames show the rate, not their count.
+
+    Bounded: at most `limit` timestamps are kept; above limit/window_s fps the rate is taken over the span they cover."""
+
+    def __init__(self, window_s: float = 1.0, limit: int = 4096, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.window_s, self.clock = window_s, clock
+        self.started = clock()
+        self.times: deque[float] = deque(maxlen=limit)
 
     def tick(self) -> float:
-        now = time.perf_counter()
-        self.times = [t for t in self.times if now - t < 1.0] + [now]
-        return float(len(self.times))
+        now = self.clock()
+        self.times.append(now)
+        while now - self.times[0] > self.window_s:
+            self.times.popleft()
+        if len(self.times) == self.times.maxlen:
+            span = now - self.times[0]
+            return (len(self.times) - 1) / span if span > 0 else 0.0
+        span = min(self.window_s, now - self.started)
+        return len(self.times) / span if span > 0 else 0.0
 
 
 class VideoSink:
-    """An annotated video per source: `out.mp4` for one source, `out_<id>.mp4` for several."""
+    """An annotated video per video, stream or webcam source (paths from output_targets), stamped with the throughput."""
 
-    def __init__(self, path: Path, sources: list[SourceSpec], fps: dict[int, float], vid_stride: int) -> None:
-        self.path, self.sources = path, sources
-        self.fps = {s.id: (fps.get(s.id) or 30.0) / vid_stride for s in sources}
+    def __init__(self, targets: dict[int, Path], fps: dict[int, float], vid_stride: int,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.targets = targets
+        self.fps = {sid: (fps.get(sid) or 30.0) / vid_stride for sid in targets}
         self.writers: dict[int, Any] = {}
         self.sizes: dict[int, tuple[int, int]] = {}
-        self.meters = {s.id: _FpsMeter() for s in sources}
-
-    def target(self, source: int) -> Path:
-        return self.path if len(self.sources) == 1 else self.path.with_name(f"{self.path.stem}_{source}{self.path.suffix}")
+        self.frames = dict.fromkeys(targets, 0)
+        self.meters = {sid: FpsMeter(clock=clock) for sid in targets}
+        self.labels: dict[int, str | None] = {}  # the overlay last stamped, per source
 
     def write(self, result: Any, info: Any) -> None:
         import cv2
 
         sid = result.frame.source
-        image = draw(result.frame.image, result.detections, info.names, self.meters[sid].tick())
+        if sid not in self.targets:  # an image source: ImageSink's
+            return
+        self.labels[sid] = fps_label(self.meters[sid].tick())
+        image = draw(result.frame.image, result.detections, info.names, self.labels[sid])
         if sid not in self.writers:
             h, w = image.shape[:2]
-            fourcc = cv2.VideoWriter.fourcc(*("mp4v" if self.path.suffix.lower() in (".mp4", ".m4v", ".mov") else "MJPG"))
-            writer = cv2.VideoWriter(str(_partial(self.target(sid))), fourcc, self.fps[sid], (w, h))
+            target = self.targets[sid]
+            fourcc = cv2.VideoWriter.fourcc(*("mp4v" if target.suffix.lower() in (".mp4", ".m4v", ".mov") else "MJPG"))
+            writer = cv2.VideoWriter(str(partial_path(target)), fourcc, self.fps[sid], (w, h))
             if not writer.isOpened():
-                raise OSError(f"OpenCV cannot write video {self.target(sid)}")
+                raise BadInput(f"OpenCV cannot write video {target}: name a {'/'.join(VIDEO_SUFFIXES)} file "
+                               "in a writable folder")
             self.writers[sid], self.sizes[sid] = writer, (w, h)
-        if (image.shape[1], image.shape[0]) != self.sizes[sid]:  # image folders: frames of several sizes
+        if (image.shape[1], image.shape[0]) != self.sizes[sid]:  # a stream reopened at another size
             image = cv2.resize(image, self.sizes[sid])
         self.writers[sid].write(image)
+        self.frames[sid] += 1
+
+    def written(self) -> list[tuple[Path, int]]:
+        return [(self.targets[sid], self.frames[sid]) for sid in self.writers]
 
     def close(self) -> None:
         for sid, writer in self.writers.items():
             writer.release()
-            os.replace(_partial(self.target(sid)), self.target(sid))
+            os.replace(partial_path(self.targets[sid]), self.targets[sid])
 
 
-class ShowSink:
-    def __init__(self) -> None:
-        self.meter = _FpsMeter()
+class ImageSink:
+    """One annotated image per input image, in the source's folder (from output_targets), under the input's name and
+    format. Each is complete when it appears (written under a temporary name, then moved)."""
+
+    def __init__(self, targets: dict[int, Path], sources: list[SourceSpec]) -> None:
+        self.targets = targets
+        self.names = {s.id: image_names(s) for s in sources if s.id in targets}
+        self.frames = dict.fromkeys(targets, 0)
 
     def write(self, result: Any, info: Any) -> None:
         import cv2
 
-        cv2.imshow(f"tritonctl {result.frame.source}", draw(result.frame.image.copy(), result.detections, info.names,
-                                                             self.meter.tick()))
+        frame = result.frame
+        if frame.source not in self.targets:  # a video source: VideoSink's
+            return
+        dest = self.targets[frame.source] / self.names[frame.source][frame.path]
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = partial_path(dest)
+        if not cv2.imwrite(str(tmp), draw(frame.image, result.detections, info.names)):
+            raise BadInput(f"OpenCV cannot write image {dest}: is the folder writable and the disk not full?")
+        os.replace(tmp, dest)
+        self.frames[frame.source] += 1
+
+    def written(self) -> list[tuple[Path, int]]:
+        return [(self.targets[sid], n) for sid, n in self.frames.items() if n]
+
+    def close(self) -> None:
+        pass
+
+
+class ShowSink:
+    def __init__(self) -> None:
+        self.meters: dict[int, FpsMeter] = {}
+
+    def write(self, result: Any, info: Any) -> None:
+        import cv2
+
+        sid = result.frame.source
+        label = fps_label(self.meters.setdefault(sid, FpsMeter()).tick())
+        cv2.imshow(f"tritonctl {sid}", draw(result.frame.image.copy(), result.detections, info.names, label))
         cv2.waitKey(1)
+
+    def written(self) -> list[tuple[Path, int]]:
+        return []
 
     def close(self) -> None:
         import cv2

@@ -35,9 +35,31 @@ class ServerStatus:
         return asdict(self)
 
 
-def _avg_ms(duration: dict[str, Any], count: int) -> float | None:
-    ns = int(duration.get("ns", 0))
-    return ns / count / 1e6 if count else None
+@dataclass(frozen=True)
+class StatsSummary:
+    inference_count: int = 0
+    execution_count: int = 0
+    avg_queue_ms: float | None = None
+    avg_compute_ms: float | None = None
+
+
+def summarize_stats(statistics: dict[str, Any], version: str = "") -> StatsSummary:
+    """Triton's statistics answer (`model_stats`, one entry per model version) as one row: counts summed, and the
+    average queue and compute times weighted by each version's successful requests (Triton reports total ns)."""
+    inferences = executions = successes = 0
+    queue_ns = compute_ns = 0
+    for stats in statistics.get("model_stats", []):
+        if version and str(stats.get("version", "")) not in ("", version):
+            continue
+        inf = stats.get("inference_stats", {})
+        inferences += int(stats.get("inference_count", 0))
+        executions += int(stats.get("execution_count", 0))
+        successes += int(inf.get("success", {}).get("count", 0))
+        queue_ns += int(inf.get("queue", {}).get("ns", 0))
+        compute_ns += int(inf.get("compute_infer", {}).get("ns", 0))
+    if not successes:
+        return StatsSummary(inferences, executions)
+    return StatsSummary(inferences, executions, queue_ns / successes / 1e6, compute_ns / successes / 1e6)
 
 
 def query(url: str, timeout_s: float = 5.0) -> ServerStatus:
@@ -70,13 +92,9 @@ def _model_status(client: Any, entry: dict[str, Any]) -> ModelStatus:
     config = client.get_model_config(name)
     model.platform = config.get("platform") or config.get("backend", "")
     model.max_batch = int(config.get("max_batch_size", 0))
-    for stats in client.get_inference_statistics(name).get("model_stats", []):
-        inf = stats.get("inference_stats", {})
-        count = int(inf.get("success", {}).get("count", 0))
-        model.inference_count += int(stats.get("inference_count", 0))
-        model.execution_count += int(stats.get("execution_count", 0))
-        model.avg_queue_ms = _avg_ms(inf.get("queue", {}), count)
-        model.avg_compute_ms = _avg_ms(inf.get("compute_infer", {}), count)
+    summary = summarize_stats(client.get_inference_statistics(name, version), version)
+    model.inference_count, model.execution_count = summary.inference_count, summary.execution_count
+    model.avg_queue_ms, model.avg_compute_ms = summary.avg_queue_ms, summary.avg_compute_ms
     return model
 
 

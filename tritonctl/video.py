@@ -33,6 +33,7 @@ class Frame:
     timestamp: float  # seconds into the source (files) or wall clock (live)
     read_at: float  # perf_counter when decoded
     decode_s: float
+    path: Path | None = None  # the image file, for image sources (a folder or glob names many)
 
 
 @dataclass
@@ -123,14 +124,13 @@ class FrameQueue:
         with self._cond:
             return self.closed and not self._items
 
-    def __len__(self) -> int:
-        return len(self._items)
-
 
 @dataclass
 class SourceStats:
     read: int = 0
     skipped_stride: int = 0
+    interrupted: int = 0  # read, then the run stopped before the frame could be queued
+    failed: int = 0  # images that could not be decoded
     stalls: int = 0
     reconnects: int = 0
     error: str = ""
@@ -156,6 +156,12 @@ class Reader(threading.Thread):
         else:
             self.stats.total = len(spec.paths)
 
+    def release(self) -> None:
+        """Let go of the source when the run ends before this reader started (run() releases it otherwise)."""
+        if self._capture is not None and not self.is_alive():
+            self._capture.release()
+            self._capture = None
+
     def _describe(self, cap: Any) -> None:
         import cv2
 
@@ -167,15 +173,16 @@ class Reader(threading.Thread):
     def run(self) -> None:
         try:
             frames = self._images() if self.spec.kind == "images" else self._video()
-            for index, image, ts, decode_s in frames:
+            for index, image, ts, decode_s, path in frames:
                 if self.stop.is_set():
                     break
                 self.stats.read += 1
                 if index % self.vid_stride:
                     self.stats.skipped_stride += 1
                     continue
-                frame = Frame(self.spec.id, index, image, ts, time.perf_counter(), decode_s)
+                frame = Frame(self.spec.id, index, image, ts, time.perf_counter(), decode_s, path)
                 if not self.queue.put(frame, self.stop):
+                    self.stats.interrupted += 1
                     break
         except Exception as exc:  # reported in the summary and the run's exit status, never swallowed
             self.stats.error = f"{type(exc).__name__}: {exc}"
@@ -184,18 +191,20 @@ class Reader(threading.Thread):
                 self._capture.release()
             self.queue.close()
 
-    def _images(self) -> Iterator[tuple[int, np.ndarray, float, float]]:
+    def _images(self) -> Iterator[tuple[int, np.ndarray, float, float, Path | None]]:
         import cv2
 
         for index, path in enumerate(self.spec.paths):
             t = time.perf_counter()
             image = cv2.imread(str(path))
             if image is None:
+                self.stats.read += 1
+                self.stats.failed += 1
                 self.stats.error = f"cannot read image {path}"
                 continue
-            yield index, image, 0.0, time.perf_counter() - t
+            yield index, image, 0.0, time.perf_counter() - t, path
 
-    def _video(self) -> Iterator[tuple[int, np.ndarray, float, float]]:
+    def _video(self) -> Iterator[tuple[int, np.ndarray, float, float, Path | None]]:
         import cv2
 
         index, failures, backoff = 0, 0, 0.5
@@ -211,7 +220,7 @@ class Reader(threading.Thread):
                     self.stats.skipped_stride += 1
                 else:
                     ts = time.time() - start if self.spec.live else self._capture.get(cv2.CAP_PROP_POS_MSEC) / 1000
-                    yield index, image, ts, time.perf_counter() - t
+                    yield index, image, ts, time.perf_counter() - t, None
                 index += 1
                 continue
             if not self.spec.live:
@@ -233,7 +242,7 @@ def open_capture(spec: SourceSpec, check: bool = True, timeout_s: float = 5.0) -
     import cv2
 
     if spec.kind == "webcam":
-        cap = cv2.VideoCapture(int(spec.uri))
+        cap = _open_webcam(int(spec.uri))
     elif spec.kind == "stream":
         # FFmpeg waits 30 s by default on a silent stream; a stall should be noticed (and retried) much sooner.
         ms = int(timeout_s * 1000)
@@ -243,6 +252,21 @@ def open_capture(spec: SourceSpec, check: bool = True, timeout_s: float = 5.0) -
         cap = cv2.VideoCapture(spec.uri)
     if check and not cap.isOpened():
         cap.release()
-        what = {"webcam": "webcam", "stream": "stream"}.get(spec.kind, "video")
+        if spec.kind == "webcam":
+            raise BadInput(f"cannot open webcam {spec.uri}: no camera at that index, or another program holds it")
+        what = "stream" if spec.kind == "stream" else "video"
         raise BadInput(f"cannot open {what} {spec.uri}: OpenCV/FFmpeg cannot read it (corrupt, unsupported or unreachable)")
     return cap
+
+
+def _open_webcam(index: int) -> Any:
+    """OpenCV logs its own warnings for a missing camera (one per backend it tries) before we can report it in one line:
+    its log is silenced for the attempt. The level is process-wide, so it is put back at once."""
+    import cv2
+
+    previous = cv2.getLogLevel()
+    cv2.setLogLevel(0)  # 0: silent
+    try:
+        return cv2.VideoCapture(index)
+    finally:
+        cv2.setLogLevel(previous)
