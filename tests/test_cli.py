@@ -19,3 +19,38 @@ def test_help_lists_commands() -> None:
     assert result.returncode == 0
     for cmd in ("serve", "status", "stop", "config"):
         assert cmd in result.stdout
+
+
+def test_short_help_and_version() -> None:
+    from conftest import run_cli
+
+    from tritonctl import __version__
+
+    short = run_cli("-h")
+    assert short.returncode == 0 and "Usage" in short.stdout
+    assert run_cli("detect", "-h").returncode == 0
+    version = run_cli("--version")
+    assert version.returncode == 0 and version.stdout.strip().endswith(__version__)
+
+
+def test_stop_with_nothing_running_is_success(tmp_path: object) -> None:
+    """Cleanup scripts call `stop` unconditionally: nothing to stop exits 0 and says so once."""
+    from conftest import free_ports, run_cli
+
+    result = run_cli("stop", env={"TRITONCTL_STATE_DIR": str(tmp_path)})
+    assert result.returncode == 0 and result.stdout.strip().startswith("nothing to stop") and not result.stderr
+    port = free_ports(1)[0]
+    at = run_cli("stop", "--url", f"127.0.0.1:{port}", env={"TRITONCTL_STATE_DIR": str(tmp_path)})
+    assert at.returncode == 0 and f"127.0.0.1:{port}" in at.stdout
+
+
+def test_status_json_without_a_server_is_still_json() -> None:
+    import json
+
+    from conftest import free_ports, run_cli
+
+    url = f"127.0.0.1:{free_ports(1)[0]}"
+    result = run_cli("status", "--url", url, "--json")
+    assert result.returncode == 4
+    [entry] = json.loads(result.stdout)
+    assert entry["url"] == url and entry["ready"] is False and "no Triton server answers" in entry["error"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import assert_one_line_error, run_cli
 
 from tritonctl.engine import EngineSettings, build_command, engine_container_spec, parse_summary, parse_times, timing_command
 from tritonctl.errors import BadInput
@@ -97,10 +97,15 @@ def test_parse_times_rejects_other_json(tmp_path: Path) -> None:
         parse_times(bad)
 
 
-def test_cli_without_trtexec_is_one_line(yolo_like_onnx: Path, tmp_path: Path) -> None:
-    result = run_cli("build-engine", "--onnx", str(yolo_like_onnx), "--runtime", "local", "--out-dir", str(tmp_path / "e"))
-    assert result.returncode == 3 and "trtexec" in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "e" / "model.plan").exists()
+@pytest.mark.parametrize("runtime", ["local", "docker"])
+def test_cli_without_any_builder_points_to_the_local_runtime(yolo_like_onnx: Path, tmp_path: Path, runtime: str) -> None:
+    """No trtexec and no Docker engine (these machines): one line that names both and what works instead, not a
+    circle between --runtime local and --runtime docker. Nothing is written."""
+    result = run_cli("build-engine", "--onnx", str(yolo_like_onnx), "--runtime", runtime, "--out-dir", str(tmp_path / "e"),
+                     env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert_one_line_error(result, 3, "neither Docker nor", "trtexec", "tritonctl serve")
+    assert "--runtime" not in result.stderr
+    assert not (tmp_path / "e").exists()
 
 
 def test_cli_missing_onnx(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import venv
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, assert_one_line_error
+from conftest import ROOT, assert_one_line_error, free_ports
 
 pytestmark = pytest.mark.slow
 
@@ -47,3 +47,9 @@ def test_missing_extra_is_one_line(core_env: Path, tmp_path: Path) -> None:
     pt.write_bytes(b"not needed: the extra is checked first")
     result = _run(core_env, "export", "--model-path", str(pt), "--out-dir", str(tmp_path / "out"))
     assert_one_line_error(result, 3, "[export]", "pip install 'tritonctl[export]'")
+    repo = tmp_path / "repo" / "m"
+    repo.mkdir(parents=True)
+    ports = [str(p) for p in free_ports(3)]
+    result = _run(core_env, "serve", "--repo", str(repo.parent), "--http-port", ports[0], "--grpc-port", ports[1],
+                  "--metrics-port", ports[2])
+    assert_one_line_error(result, 3, "[local]", "pip install 'tritonctl[local]'")

@@ -147,3 +147,31 @@ def test_rewrite_replaces_atomically(tmp_path: Path) -> None:
     write_model(ConfigSettings.create(name="m", model_file=onnx, repo=repo, max_batch=4, preferred_batch=(2,)))
     assert [p.name for p in repo.iterdir()] == ["m"]
     assert parse_config((repo / "m" / "config.pbtxt").read_text()).max_batch_size == 4
+
+
+def test_a_checkpoint_points_to_export(tmp_path: Path) -> None:
+    from conftest import assert_one_line_error
+
+    pt = tmp_path / "yolov8n.pt"
+    pt.write_bytes(b"checkpoint")
+    result = run_cli("config", "--name", "m", "--model", str(pt), "--repo", str(tmp_path / "repo"))
+    assert_one_line_error(result, 2, "PyTorch checkpoint", "tritonctl export")
+    assert not (tmp_path / "repo").exists()
+
+
+@pytest.mark.server
+def test_config_into_a_served_repository_says_how_to_load(tmp_path: Path, tiny_repo: Path) -> None:
+    """Triton reads its repository at start: a model added while it runs stays unloaded, and `config` says so."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(tiny_repo, repo)
+    h, g, m = (str(p) for p in free_ports(3))
+    started = run_cli("serve", "--repo", str(repo), "--http-port", h, "--grpc-port", g, "--metrics-port", m, "--detach")
+    assert started.returncode == 0, started.stderr
+    try:
+        result = run_cli("config", "--name", "second", "--model", str(tiny_detector(tmp_path / "m.onnx")), "--repo", str(repo))
+        assert result.returncode == 0, result.stderr
+        assert f"restart it to load 'second': tritonctl stop --url 127.0.0.1:{h}" in " ".join(result.stdout.split())
+    finally:
+        assert run_cli("stop", "--url", f"127.0.0.1:{h}").returncode == 0

@@ -21,6 +21,7 @@ from tritonctl.ui import console
 app = typer.Typer(
     help="From a YOLO checkpoint to real-time object detection on NVIDIA Triton Inference Server.",
     no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
 err = console(stderr=True)
 out = console()
@@ -98,8 +99,10 @@ def serve(
 ) -> None:
     """Launch Triton on a model repository and wait until it is ready; in the foreground until Ctrl-C or SIGTERM."""
     from tritonctl import procs, server
+    from tritonctl.client import server_status
+    from tritonctl.endpoint import parse_endpoint
     from tritonctl.errors import ServerError
-    from tritonctl.status import query, render
+    from tritonctl.status import render
 
     s = server.ServeSettings.create(
         runtime=runtime, repo=repo, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
@@ -116,7 +119,7 @@ def serve(
             log_path = getattr(running, "log_file", None)
             out.print(f"[green]ready[/] in {time.monotonic() - t0:.1f} s: http {s.url}, grpc {s.grpc_url}, "
                       f"metrics {s.metrics_url}" + (f", log {log_path}" if log_path else ""))
-            render(query(s.url))
+            render(server_status(parse_endpoint(s.url)))
             if s.detach:
                 out.print("stop it with [bold]tritonctl stop[/]")
                 keep = True
@@ -152,33 +155,36 @@ def status(
     from tritonctl import server
     from tritonctl.endpoint import parse_endpoint
     from tritonctl.errors import ServerError
-    from tritonctl.status import query, render
+    from tritonctl.status import render
 
-    if url:
-        results = [query(parse_endpoint(url).url)]
+    urls = [parse_endpoint(url).url] if url else [r.url for r in server.records()] or ["127.0.0.1:8000"]
+    results, errors = _query_all(urls)
+    if as_json:  # always JSON for scripts: a server that does not answer is an entry with its error
+        print(json.dumps([r.to_dict() for r in results] + [{"url": u, "live": False, "ready": False, "error": e}
+                                                            for u, e in errors.items()], indent=2))
     else:
-        urls = [r.url for r in server.records()] or ["127.0.0.1:8000"]
-        results = [query(urls[0])] if len(urls) == 1 else _query_known(urls)
-    if not results:
-        raise ServerError("no server that `tritonctl serve` started is answering: start one, or pass --url")
-    if as_json:
-        print(json.dumps([r.to_dict() for r in results], indent=2))
-        return
-    for result in results:
-        render(result)
+        for result in results:
+            render(result)
+        for message in errors.values() if results else ():
+            err.print(f"[yellow]{message}[/]", highlight=False)
+    if not results:  # nothing answered: the exit code says so, one line says why
+        raise ServerError(errors[urls[0]] if len(urls) == 1 else
+                          "no server that `tritonctl serve` started is answering: start one, or pass --url")
 
 
-def _query_known(urls: list[str]) -> list[Any]:
+def _query_all(urls: list[str]) -> tuple[list[Any], dict[str, str]]:
+    """Each server's status, and for those that do not answer, the reason."""
+    from tritonctl.client import server_status
+    from tritonctl.endpoint import parse_endpoint
     from tritonctl.errors import ServerError
-    from tritonctl.status import query
 
-    results = []
+    results, errors = [], {}
     for u in urls:
         try:
-            results.append(query(u))
+            results.append(server_status(parse_endpoint(u)))
         except ServerError as exc:
-            err.print(f"[yellow]{exc}[/]")
-    return results
+            errors[u] = str(exc)
+    return results, errors
 
 
 @app.command()
@@ -197,8 +203,9 @@ def stop(
         raise BadInput(f"--timeout {timeout}: give the seconds to wait before SIGKILL (0 or more)")
     endpoint = parse_endpoint(url) if url else None
     targets = server.find_records(endpoint, prune=False)
-    if not targets:
-        raise BadInput(f"no server started by `tritonctl serve` {'at ' + endpoint.url if endpoint else 'is recorded'}")
+    if not targets:  # nothing to stop is what cleanup scripts want: success, said once
+        out.print(f"nothing to stop: no server started by `tritonctl serve` {'at ' + endpoint.url if endpoint else 'is running'}")
+        return
     stuck: list[str] = []
     for record in targets:
         result = server.stop_record(record, timeout)
@@ -534,6 +541,7 @@ def config(
 ) -> None:
     """Write config.pbtxt, the model file and labels.txt into a Triton model repository."""
     from tritonctl.repository import ConfigSettings, write_model
+    from tritonctl.server import serving
 
     settings = ConfigSettings.create(
         name=name, model_file=model, repo=repo, platform=platform, kind=kind, max_batch=max_batch,
@@ -544,6 +552,9 @@ def config(
     out.print(f"[green]wrote[/] {folder}/config.pbtxt ({settings.platform}, max batch {settings.max_batch})")
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         out.print(f"  {path.relative_to(folder.parent)}  [dim]{path.stat().st_size:,} B[/]")
+    for record in serving(repo):  # Triton reads the repository at start (no polling): say how the model gets loaded
+        out.print(f"[yellow]note:[/] the server at {record.url} serves {repo} and loaded it at start; restart it to load "
+                  f"{name!r}: tritonctl stop --url {record.url} && tritonctl serve --repo {repo} --detach")
 
 
 def main() -> None:

@@ -34,6 +34,7 @@ from tritonctl.endpoint import Endpoint
 from tritonctl.errors import BadInput, ModelError, ServerError, TritonctlError
 from tritonctl.metadata import TRITON_TO_NUMPY
 from tritonctl.postprocess import head_layout
+from tritonctl.status import ModelStatus, ServerStatus, summarize_stats
 
 
 class TransientError(ServerError):
@@ -499,3 +500,39 @@ def server_stats(protocol: str, endpoint: Endpoint, model: str) -> dict[str, flo
         total["compute_ns"] += float(inf.get("compute_infer", {}).get("ns", 0))
         total["executions"] += float(s.get("execution_count", 0))
     return total
+
+
+def server_status(endpoint: Endpoint, timeout_s: float = 5.0) -> ServerStatus:
+    """Health, version, extensions and every model's state, config and statistics (for `status` and `serve`)."""
+    url = endpoint.url
+    try:
+        client = make_client("http", endpoint, timeout_s)
+        with triton_call(url, "answer whether it is live"):
+            live = client.is_server_live()
+    except TritonctlError as exc:
+        raise ServerError(f"no Triton server answers at {url} ({exc}): start one with `tritonctl serve` or pass --url") \
+            from exc
+    try:
+        with triton_call(url, "describe itself"):
+            meta = client.get_server_metadata()
+            status = ServerStatus(url, live, client.is_server_ready(), meta.get("version", ""), meta.get("extensions", []))
+            status.models = [_model_status(client, entry) for entry in client.get_model_repository_index()]
+        return status
+    except ModelError as exc:  # the server answered, with an error: about the server, not a model of ours
+        raise ServerError(f"Triton at {url} answered with an error: {exc}") from exc
+    finally:
+        close_client(client, url)
+
+
+def _model_status(client: Any, entry: dict[str, Any]) -> ModelStatus:
+    name, version = entry["name"], entry.get("version", "")
+    model = ModelStatus(name, version, entry.get("state", "UNKNOWN"), reason=entry.get("reason", ""))
+    if model.state != "READY":
+        return model
+    config = client.get_model_config(name)
+    model.platform = config.get("platform") or config.get("backend", "")
+    model.max_batch = int(config.get("max_batch_size", 0))
+    summary = summarize_stats(client.get_inference_statistics(name, version), version)
+    model.inference_count, model.execution_count = summary.inference_count, summary.execution_count
+    model.avg_queue_ms, model.avg_compute_ms = summary.avg_queue_ms, summary.avg_compute_ms
+    return model

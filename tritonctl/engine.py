@@ -217,9 +217,39 @@ class EngineResult:
     command: list[str]
 
 
+def _builders() -> tuple[bool, bool]:
+    """(a local trtexec exists, a Docker engine answers)."""
+    try:
+        find_trtexec()
+        local = True
+    except ToolMissing:
+        local = False
+    try:
+        procs.docker_client()
+        docker = True
+    except ToolMissing:
+        docker = False
+    return local, docker
+
+
+def check_builder(s: EngineSettings) -> None:
+    """Refuse before anything is written when the runtime asked for cannot build, naming what can, never pointing
+    from one missing tool to the other."""
+    local, docker = _builders()
+    if (s.runtime == "local" and local) or (s.runtime == "docker" and docker):
+        return
+    if local or docker:
+        missing = "no trtexec on PATH" if s.runtime == "local" else "no Docker engine answers"
+        raise ToolMissing(f"--runtime {s.runtime} cannot build here ({missing}); --runtime {'local' if local else 'docker'} can")
+    raise ToolMissing("neither Docker nor TensorRT's trtexec is on this host: a TensorRT engine is built on a GPU host. "
+                      f"Without one, serve the ONNX on the local runtime: tritonctl config --name NAME --model {s.onnx} "
+                      "&& tritonctl serve")
+
+
 def build(s: EngineSettings, on_line: Callable[[str], None]) -> EngineResult:
     from tritonctl.errors import ModelError
 
+    check_builder(s)
     s.out_dir.mkdir(parents=True, exist_ok=True)
     engine = s.out_dir / "model.plan"
     partial = s.out_dir / ".model.plan.partial"

@@ -52,6 +52,9 @@ class ConfigSettings:
                 platform = "tensorrt_plan"
             elif model_file.suffix == ".onnx":
                 platform = "onnxruntime_onnx" if kind == "gpu" else "local_onnx"
+            elif model_file.suffix in (".pt", ".pth"):
+                raise BadInput(f"{model_file.name} is a PyTorch checkpoint: export it first (tritonctl export --model-path "
+                               f"{model_file}), then pass model_fp32.onnx or model_fp16.onnx to --model")
             else:
                 raise BadInput(f"cannot tell the platform of {model_file.name}: use a .onnx or .plan file, or --platform")
         if platform not in PLATFORMS:

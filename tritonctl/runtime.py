@@ -51,11 +51,12 @@ def site_packages() -> list[str]:
 
 
 def find_local_runtime() -> LocalRuntime:
+    from tritonctl.extras import require
+
+    require("local", "the local Triton runtime (serve --runtime local)")
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
-        raise ToolMissing(
-            "the local Triton runtime is not installed: run `make setup` (or `pip install nvidia-pytriton==0.7.0`)"
-        )
+        raise ToolMissing("the local Triton runtime is not installed: pip install 'tritonctl[local]' (or `make setup`)")
     root = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
     runtime = LocalRuntime(root)
     if not runtime.binary.is_file():

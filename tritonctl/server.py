@@ -377,6 +377,12 @@ def find_records(endpoint: Endpoint | None, prune: bool = True) -> list[ServerRe
     return [r for r in records(prune) if endpoint is None or same_server(r.endpoint(), endpoint)]
 
 
+def serving(repo: Path) -> list[ServerRecord]:
+    """The recorded servers that load this repository (they read it at start: a model added later is not loaded)."""
+    target = repo.resolve()
+    return [r for r in records() if r.repo and Path(r.repo).resolve() == target]
+
+
 # ---------------------------------------------------------------- local runtime
 
 

@@ -1,11 +1,10 @@
-"""What a running Triton says about itself: health, version, extensions, and each model's state and statistics."""
+"""What a running Triton says about itself (health, version, extensions, each model's state and statistics), as data
+and as a table. `client.server_status` asks the server; this module only shapes and renders the answer."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
-
-from tritonctl.errors import ServerError
 
 
 @dataclass
@@ -60,42 +59,6 @@ def summarize_stats(statistics: dict[str, Any], version: str = "") -> StatsSumma
     if not successes:
         return StatsSummary(inferences, executions)
     return StatsSummary(inferences, executions, queue_ns / successes / 1e6, compute_ns / successes / 1e6)
-
-
-def query(url: str, timeout_s: float = 5.0) -> ServerStatus:
-    import tritonclient.http as http
-    from tritonclient.utils import InferenceServerException
-
-    try:
-        client = http.InferenceServerClient(url, connection_timeout=timeout_s, network_timeout=timeout_s)
-        live = client.is_server_live()
-    except Exception as exc:
-        raise ServerError(f"no Triton server answers at {url} ({exc.__class__.__name__}): start one with "
-                          "`tritonctl serve` or pass --url") from exc
-    try:
-        meta = client.get_server_metadata()
-        status = ServerStatus(url, live, client.is_server_ready(), meta.get("version", ""), meta.get("extensions", []))
-        for entry in client.get_model_repository_index():
-            status.models.append(_model_status(client, entry))
-        return status
-    except InferenceServerException as exc:
-        raise ServerError(f"Triton at {url} answered with an error: {exc.message()}") from exc
-    finally:
-        client.close()
-
-
-def _model_status(client: Any, entry: dict[str, Any]) -> ModelStatus:
-    name, version = entry["name"], entry.get("version", "")
-    model = ModelStatus(name, version, entry.get("state", "UNKNOWN"), reason=entry.get("reason", ""))
-    if model.state != "READY":
-        return model
-    config = client.get_model_config(name)
-    model.platform = config.get("platform") or config.get("backend", "")
-    model.max_batch = int(config.get("max_batch_size", 0))
-    summary = summarize_stats(client.get_inference_statistics(name, version), version)
-    model.inference_count, model.execution_count = summary.inference_count, summary.execution_count
-    model.avg_queue_ms, model.avg_compute_ms = summary.avg_queue_ms, summary.avg_compute_ms
-    return model
 
 
 def render(status: ServerStatus) -> None:
