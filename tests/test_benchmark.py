@@ -172,3 +172,94 @@ def test_a_url_pasted_with_its_scheme_works(triton: Triton, tmp_path: Path) -> N
     # the default searches concurrency too, and best is picked over all of it (the seed's loop stopped at 1)
     assert [r["concurrency"] for r in summary["rows"]] == [1, 2, 3, 4]
     assert summary["best"]["infer_per_s"] == max(r["infer_per_s"] for r in summary["rows"])
+
+
+# ---------------------------------------------------------------- GPU columns and CUDA shared memory (issue 10)
+
+
+def test_gpu_columns_are_read_per_gpu(tmp_path: Path) -> None:
+    """perf_analyzer writes each GPU metric as `uuid:value;` per GPU (perf_analyzer src/report_writer.cc,
+    WriteGpuMetrics; header and column order from GenerateReport with --verbose-csv and --collect-metrics);
+    they parsed as empty. The fixture is that format for a two-GPU server."""
+    from tritonctl.benchmark import BenchmarkResult, parse_rows, write_summary
+    from tritonctl.perf import per_gpu
+
+    fixture = Path(__file__).parent / "fixtures" / "perf_gpu_metrics.csv"
+    first, second = parse_rows(fixture, 8)
+    a, b = "GPU-5a1e0f2c-8a43-6d21-b9a0-3f4c2e7d9b10", "GPU-9c07d6e1-2b58-41f3-a7c6-0e8d1f5b3a24"
+    assert first.per_gpu["gpu_util"] == {a: 0.4125, b: 0.0}
+    assert first.values["gpu_util"] == pytest.approx(0.20625)  # the mean over GPUs (a fraction)
+    assert first.values["gpu_power_w"] == pytest.approx(187.114 + 68.402)  # the sum
+    assert second.values["gpu_mem_bytes"] == 3112173568 + 551550976 and first.per_gpu["gpu_mem_total_bytes"][b] == 85520809984
+    assert first.p95_ms == pytest.approx(20.104) and second.infer_per_s == pytest.approx(781.402)
+    assert per_gpu("") == {} and per_gpu("a:1;z:100;") == {"a": 1.0, "z": 100.0}  # report_writer's own test values
+    from tritonctl.benchmark import BenchmarkSettings
+
+    s = BenchmarkSettings.create(model="m", batch_sizes="8", concurrency="1:2", out_dir=tmp_path)
+    write_summary(BenchmarkResult(tmp_path, [first, second], [], second, second, 16), s)
+    with open(tmp_path / "summary.csv", newline="") as f:
+        row = next(csv.DictReader(f))
+    assert float(row["gpu_util"]) == pytest.approx(0.20625) and float(row["gpu_power_w"]) == pytest.approx(255.516)
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    assert saved["rows"][1]["per_gpu"]["gpu_power_w"] == {a: 291.53, b: 68.517}
+    assert saved["gpu_columns"]["gpu_util"] == "mean"
+
+
+def test_perf_container_shares_what_shared_memory_needs(tmp_path: Path) -> None:
+    """The SDK container: system shm lives in the host's IPC namespace (--ipc=host); CUDA shm needs a GPU and the
+    host's PID namespace too (the client README: CUDA IPC with --pid host across containers)."""
+    from tritonctl.perf import docker_spec
+
+    none, system, cuda = (docker_spec(["-m", "m"], tmp_path, shm) for shm in ("none", "system", "cuda"))
+    assert "ipc_mode" not in none and "pid_mode" not in none and "device_requests" not in none
+    assert system["ipc_mode"] == "host" and "pid_mode" not in system and "device_requests" not in system
+    assert cuda["ipc_mode"] == "host" and cuda["pid_mode"] == "host" and cuda["privileged"] is False
+    assert cuda["device_requests"][0]["Capabilities"] == [["gpu"]] and cuda["device_requests"][0]["Count"] == -1
+
+
+NO_DRIVER = ("#!/bin/sh\necho 'NVIDIA-SMI has failed because it couldn'\"'\"'t communicate with the NVIDIA driver. Make sure "
+             "that the latest NVIDIA driver is installed and running.'\nexit 9\n")
+ONE_GPU = "#!/bin/sh\necho 'GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-5a1e0f2c-8a43-6d21-b9a0-3f4c2e7d9b10)'\n"
+
+
+def _nvidia_smi(folder: Path, script: str) -> dict[str, str]:
+    """A PATH whose only nvidia-smi is this stand-in (the real one needs a GPU host): what the checks see."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "nvidia-smi").write_text(script)
+    (folder / "nvidia-smi").chmod(0o755)
+    return {"PATH": str(folder), "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+
+
+def _cudart_loads() -> bool:
+    import ctypes
+
+    try:
+        ctypes.CDLL("libcudart.so")
+        return True
+    except OSError:
+        return False
+
+
+def test_cuda_shared_memory_is_refused_in_one_line_when_it_cannot_work(tmp_path: Path) -> None:
+    """Checked before the server is asked anything: no GPU (nvidia-smi), no libcudart.so for the project's
+    perf_analyzer (it dlopens exactly that name: perf_analyzer src/cuda_runtime_library_manager.cc), a remote server."""
+    dead = f"127.0.0.1:{free_ports(1)[0]}"
+    args = ["benchmark", "-m", "tiny", "--url", dead, "--shared-memory", "cuda", "--out-dir", str(tmp_path / "o")]
+    result = run_cli(*args, env=_nvidia_smi(tmp_path / "nogpu", NO_DRIVER))
+    assert_one_line_error(result, 3, "--shared-memory cuda cannot work", "NVIDIA driver", "--shared-memory system")
+    if not _cudart_loads():
+        result = run_cli(*args, env=_nvidia_smi(tmp_path / "gpu", ONE_GPU))
+        assert_one_line_error(result, 3, "--shared-memory cuda cannot work", "libcudart.so")
+    remote = run_cli("benchmark", "-m", "tiny", "--url", "10.1.2.3:8000", "--shared-memory", "cuda")
+    assert_one_line_error(remote, 2, "CUDA IPC does not cross machines")
+
+
+def test_doctor_says_whether_cuda_shared_memory_can_work(tmp_path: Path) -> None:
+    result = run_cli("benchmark", "--doctor", env=_nvidia_smi(tmp_path / "nogpu", NO_DRIVER))
+    said = " ".join(result.stdout.split())
+    assert result.returncode == 0 and "benchmark will use: project" in said
+    assert "--shared-memory cuda: cannot work with project" in said and "no GPU: nvidia-smi lists no GPU" in said
+    gpu = " ".join(run_cli("benchmark", "--doctor", env=_nvidia_smi(tmp_path / "gpu", ONE_GPU)).stdout.split())
+    assert "ok GPU: 1 visible: GPU 0: NVIDIA H100 80GB HBM3" in gpu
+    if not _cudart_loads():
+        assert "no libcudart: perf_analyzer opens libcudart.so" in gpu and "cannot work" in gpu

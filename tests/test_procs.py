@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -204,3 +206,117 @@ def test_stream_container_notices_a_dead_container() -> None:
     finally:
         container.released.set()
     assert seen == ["hello"] and time.monotonic() - t0 < 5
+
+
+# ---------------------------------------------------------------- docker: a stand-in client, the engine's refusals
+
+DOCKER_ERRORS = json.loads((Path(__file__).parent / "fixtures" / "docker_errors.json").read_text())
+
+
+def api_error(case: str) -> Exception:
+    """The docker SDK's own exception for one refusal of the engine, as the SDK builds it from the HTTP answer."""
+    import docker.errors
+
+    return docker.errors.APIError(f"{DOCKER_ERRORS[case]['status']} Server Error", explanation=DOCKER_ERRORS[case]["explanation"])
+
+
+class FakeContainer:
+    def __init__(self, spec: dict[str, Any], start_error: Exception | None, logs: bytes, exit_status: str) -> None:
+        self.spec, self.name, self.status = spec, spec.get("name", "c"), "created"
+        self.start_error, self.output, self.exit_status = start_error, logs, exit_status
+        self.removed = False
+        self.attrs: dict[str, Any] = {"State": {"ExitCode": 0}}
+
+    def start(self) -> None:
+        if self.start_error is not None:
+            raise self.start_error
+        self.status = self.exit_status
+
+    def reload(self) -> None:
+        import docker.errors
+
+        if self.removed:
+            raise docker.errors.NotFound("No such container")
+
+    def logs(self, stream: bool = False, **_: Any) -> Any:
+        return iter(self.output.splitlines(keepends=True)) if stream else self.output
+
+    def wait(self) -> dict[str, int]:
+        return {"StatusCode": 0}
+
+    def remove(self, force: bool = False) -> None:
+        self.removed = True
+
+
+class FakeImages:
+    def __init__(self, error: Exception | None) -> None:
+        self.error = error
+
+    def get(self, name: str) -> object:
+        if self.error is not None:
+            raise self.error
+        return object()
+
+
+class FakeDocker:
+    """Stands in for docker.DockerClient, because no Docker engine runs on these machines: the calls tritonctl makes
+    are recorded, each spec goes through the real SDK's own conversion into the engine's request (so a keyword the SDK
+    rejects fails here too), and the engine's refusals are replayed from fixtures/docker_errors.json."""
+
+    def __init__(self, start_error: Exception | None = None, create_error: Exception | None = None,
+                 image_error: Exception | None = None, logs: bytes = b"", exit_status: str = "running") -> None:
+        self.containers = self
+        self.images = FakeImages(image_error)
+        self.created: list[FakeContainer] = []
+        self.start_error, self.create_error, self.output, self.exit_status = start_error, create_error, logs, exit_status
+
+    def create(self, **spec: Any) -> FakeContainer:
+        from docker.constants import DEFAULT_DOCKER_API_VERSION
+        from docker.models.containers import _create_container_args
+
+        _create_container_args({**spec, "version": DEFAULT_DOCKER_API_VERSION})
+        if self.create_error is not None:
+            raise self.create_error
+        container = FakeContainer(spec, self.start_error, self.output, self.exit_status)
+        self.created.append(container)
+        return container
+
+
+@pytest.mark.parametrize("case", [k for k in DOCKER_ERRORS if not k.startswith("_")])
+def test_dockers_refusals_are_one_line_that_says_what_to_do(case: str) -> None:
+    from tritonctl import errors
+
+    mapped = procs.docker_error(api_error(case), "nvcr.io/nvidia/tritonserver:25.13-py3", "tritonctl-8000")
+    assert type(mapped) is getattr(errors, DOCKER_ERRORS[case]["error"])
+    assert "\n" not in str(mapped)
+    for word in DOCKER_ERRORS[case]["words"]:
+        assert word in str(mapped), str(mapped)
+
+
+def test_a_container_whose_start_fails_is_removed_not_left_under_its_name() -> None:
+    """`containers.run` would leave the created container behind (and its name taken) when start fails."""
+    client = FakeDocker(start_error=api_error("no_gpu_runtime"))
+    with pytest.raises(ToolMissing, match="NVIDIA Container Toolkit"):
+        procs.start_container(client, {"image": "img", "name": "tritonctl-8000", "detach": True, "remove": False})
+    [container] = client.created
+    assert container.removed and "remove" not in container.spec
+
+
+def test_run_container_runs_as_this_user(tmp_path: Path) -> None:
+    client = FakeDocker(logs=b"built\n")
+    done = procs.run_container({"image": "img", "command": ["trtexec"], "detach": True,
+                                "volumes": procs.bind(tmp_path, "/work/out", "rw")}, lambda _: None, client=client)
+    [container] = client.created
+    assert done.exit_code == 0 and container.spec["user"] == f"{os.getuid()}:{os.getgid()}" and container.removed
+
+
+def test_selinux_label_only_where_selinux_enforces(tmp_path: Path) -> None:
+    enforce = tmp_path / "enforce"
+    assert not procs.selinux_enforcing(enforce)  # no SELinux at all
+    enforce.write_text("0\n")
+    assert not procs.selinux_enforcing(enforce)  # permissive
+    enforce.write_text("1\n")
+    assert procs.selinux_enforcing(enforce)
+    assert procs.bind(tmp_path, "/models", "ro", selinux=True) == {str(tmp_path.resolve()): {"bind": "/models", "mode": "ro,z"}}
+    assert procs.selinux_labelled({"/a": {"bind": "/b", "mode": "rw"}, "/c": {"bind": "/d", "mode": "ro,Z"}}) == \
+        {"/a": {"bind": "/b", "mode": "rw,z"}, "/c": {"bind": "/d", "mode": "ro,Z"}}

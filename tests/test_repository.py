@@ -175,3 +175,86 @@ def test_config_into_a_served_repository_says_how_to_load(tmp_path: Path, tiny_r
         assert f"restart it to load 'second': tritonctl stop --url 127.0.0.1:{h}" in " ".join(result.stdout.split())
     finally:
         assert run_cli("stop", "--url", f"127.0.0.1:{h}").returncode == 0
+
+
+def _plan(folder: Path, trt_batch: list[int] | None = None, **extra: object) -> Path:
+    """A stand-in model.plan with the model.json build-engine writes beside it (no TensorRT here to build one)."""
+    from tritonctl.metadata import ModelMeta, TensorInfo
+
+    folder.mkdir(parents=True, exist_ok=True)
+    plan = folder / "model.plan"
+    plan.write_bytes(b"\0" * 64)
+    meta = ModelMeta(inputs=[TensorInfo("images", "FP16", (-1, 3, 64, 64))],
+                     outputs=[TensorInfo("output0", "FP16", (-1, 8, 256))], names={0: "a"}, imgsz=(64, 64), precision="fp16",
+                     extra={**({"trt_batch": trt_batch} if trt_batch else {}), **extra})
+    meta.write(folder)
+    return plan
+
+
+def test_warmup_batch_is_at_least_one_without_batching(tmp_path: Path) -> None:
+    """Triton requires warmup batch_size >= 1 (model_config.proto), and skips a warmup of batch 0."""
+    folder = write_model(ConfigSettings.create(name="m", model_file=tiny_detector(tmp_path / "m.onnx"), repo=tmp_path / "r",
+                                               max_batch=0))
+    [warm] = parse_config((folder / "config.pbtxt").read_text()).model_warmup
+    assert warm.batch_size == 1 and list(warm.inputs["images"].dims) == [1, 3, 32, 32]
+
+
+def test_config_keeps_the_files_it_did_not_write(tmp_path: Path) -> None:
+    """`build-engine --repo r --name m` puts 1/model.plan there; `config` for the same name must not delete it."""
+    repo = tmp_path / "repo"
+    _plan(repo / "m" / "1", trt_batch=[1, 8, 16])
+    (repo / "m" / "NOTES.md").write_text("mine")
+    write_model(ConfigSettings.create(name="m", model_file=tiny_detector(tmp_path / "m.onnx"), repo=repo))
+    assert (repo / "m" / "1" / "model.plan").stat().st_size == 64 and (repo / "m" / "NOTES.md").read_text() == "mine"
+    assert (repo / "m" / "1" / "model.onnx").is_file()  # what it wrote, beside them
+    assert parse_config((repo / "m" / "config.pbtxt").read_text()).backend == "python"
+    assert sorted(p.name for p in repo.iterdir()) == ["m"]  # no staging or .old folder left
+
+
+def test_config_replaces_its_own_files(tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    named = tiny_detector(tmp_path / "named.onnx")
+    write_model(ConfigSettings.create(name="m", model_file=named, repo=repo, max_batch=8))
+    (repo / "m" / "labels.txt").write_text("stale\n")
+    plan = _plan(tmp_path / "engine", trt_batch=[1, 4, 8])
+    write_model(ConfigSettings.create(name="m", model_file=plan, repo=repo))
+    assert (repo / "m" / "labels.txt").read_text() == "a\n"
+    assert (repo / "m" / "1" / "model.plan").stat().st_size == 64
+
+
+def test_max_batch_follows_the_engine(tmp_path: Path) -> None:
+    """tensorrt_backend refuses a max_batch_size above the engine's profile; build-engine records [min, opt, max]."""
+    plan = _plan(tmp_path / "engine", trt_batch=[1, 4, 8])
+    settings = ConfigSettings.create(name="m", model_file=plan, repo=tmp_path / "repo")
+    assert settings.max_batch == 8 and settings.preferred_batch == (4, 8)
+    with pytest.raises(BadInput, match=r"--max-batch 16 is above the 8 that model.plan was built for"):
+        write_model(ConfigSettings.create(name="m", model_file=plan, repo=tmp_path / "repo", max_batch=16))
+    assert not (tmp_path / "repo" / "m").exists()
+    write_model(ConfigSettings.create(name="m", model_file=plan, repo=tmp_path / "repo", max_batch=4, preferred_batch=(2, 4)))
+
+
+def test_an_engine_that_cannot_take_batch_one_is_refused(tmp_path: Path) -> None:
+    plan = _plan(tmp_path / "engine", trt_batch=[4, 8, 16])
+    result = run_cli("config", "--name", "m", "--model", str(plan), "--repo", str(tmp_path / "repo"))
+    from conftest import assert_one_line_error
+
+    assert_one_line_error(result, 2, "batches 4..16", "--min-batch 1")
+
+
+def test_trt_accelerator_caches_engines_and_profiles_the_batch_range(tmp_path: Path) -> None:
+    """onnxruntime_backend README: trt_engine_cache_enable/_path, trt_profile_{min,opt,max}_shapes as name:dims."""
+    onnx = tiny_detector(tmp_path / "m.onnx")
+    folder = write_model(ConfigSettings.create(name="ort", model_file=onnx, repo=tmp_path / "repo", platform="onnxruntime_onnx",
+                                               trt_accelerator=True, max_batch=16, preferred_batch=(4, 8)))
+    cfg = parse_config((folder / "config.pbtxt").read_text())
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    assert cfg.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU  # onnxruntime_onnx: a GPU model by default
+    [acc] = cfg.optimization.execution_accelerators.gpu_execution_accelerator
+    assert dict(acc.parameters) == {
+        "precision_mode": "FP32", "trt_engine_cache_enable": "1", "trt_engine_cache_path": "/trt_cache/ort",
+        "trt_profile_min_shapes": "images:1x3x32x32", "trt_profile_opt_shapes": "images:8x3x32x32",
+        "trt_profile_max_shapes": "images:16x3x32x32"}
+    with pytest.raises(BadInput, match="GPU instance"):
+        ConfigSettings.create(name="ort", model_file=onnx, repo=tmp_path / "repo", platform="onnxruntime_onnx", kind="cpu",
+                              trt_accelerator=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -147,9 +148,10 @@ def test_bad_input(tiny_repo: Path, args: list[str], code: int, words: list[str]
     assert_one_line_error(run_cli("serve", *base, *args), code, *words)
 
 
-def test_docker_unavailable_is_one_line(tiny_repo: Path) -> None:
-    """No Docker engine runs on these machines: the docker runtime must say so in one line."""
-    result = run_cli("serve", "--runtime", "docker", "--repo", str(tiny_repo), *_ports(),
+def test_docker_unavailable_is_one_line(tmp_path: Path) -> None:
+    """No Docker engine runs on these machines: the docker runtime must say so in one line (for a repository the NGC
+    image can serve: a local_onnx one is refused before Docker is asked)."""
+    result = run_cli("serve", "--runtime", "docker", "--repo", str(_gpu_repo(tmp_path)), *_ports(),
                      env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
     assert_one_line_error(result, 3, "Docker")
 
@@ -442,3 +444,257 @@ def _assert_nothing_left(server_id: str, http_port: int, timeout_s: float = 5) -
     assert _names(server_id) == []
     assert shm_regions(server_id) == []
     assert port_free("127.0.0.1", http_port)
+
+
+# ---------------------------------------------------------------- the docker runtime, checked as data (no Docker engine here)
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def _docker_run_kwargs(command: str) -> dict[str, object]:
+    """The docker SDK keywords that a `docker run` command line stands for (the flags NVIDIA's command uses)."""
+    import shlex
+
+    from docker.types import Ulimit
+
+    from tritonctl.server import gpu_request
+
+    tokens = shlex.split(command)[2:]
+    kw: dict[str, object] = {"ports": {}, "volumes": {}, "ulimits": []}
+    while tokens[0].startswith("-"):
+        token = tokens.pop(0)
+        if token.startswith(("-p", "-v")):  # attached values: -p8000:8000, -v/host:/container
+            host, target = token[2:].rsplit(":", 1)
+            if token.startswith("-p"):
+                kw["ports"][f"{target}/tcp"] = int(host)  # type: ignore[index]
+            else:
+                kw["volumes"][host] = {"bind": target, "mode": "rw"}  # type: ignore[index]
+            continue
+        flag, eq, value = token.partition("=")
+        if flag == "--rm":
+            continue
+        value = value if eq else tokens.pop(0)
+        if flag == "--gpus":
+            kw["device_requests"] = [gpu_request(value.strip('"').removeprefix("device="))]
+        elif flag == "--ipc":
+            kw["ipc_mode"] = value
+        elif flag == "--shm-size":
+            kw["shm_size"] = value
+        elif flag == "--ulimit":
+            name, limit = value.split("=")
+            kw["ulimits"].append(Ulimit(name=name, soft=int(limit), hard=int(limit)))  # type: ignore[attr-defined]
+    kw["image"], kw["command"] = tokens[0], tokens[1:]
+    return kw
+
+
+def _engine_request(kw: dict[str, object]) -> dict[str, object]:
+    """What the docker SDK sends the engine for these keywords (its own conversion: the HostConfig and the rest)."""
+    from docker.constants import DEFAULT_DOCKER_API_VERSION
+    from docker.models.containers import _create_container_args
+
+    return dict(_create_container_args({**kw, "version": DEFAULT_DOCKER_API_VERSION}))
+
+
+def test_container_spec_is_nvidias_documented_docker_run(tiny_repo: Path) -> None:
+    """Golden spec: NVIDIA's `docker run` for Triton (fixtures/docker_triton_run.txt) against what `serve` hands the SDK.
+    Deliberate differences: ports on the address asked for (loopback), the repository read-only, this user, a name."""
+    from tritonctl.server import DEFAULT_IMAGE
+
+    golden_line = next(ln for ln in (FIXTURES / "docker_triton_run.txt").read_text().splitlines() if ln.startswith("docker"))
+    golden = _engine_request(_docker_run_kwargs(golden_line))
+    h, g, m = free_ports(3)
+    ours = _engine_request(container_spec(ServeSettings.create(runtime="docker", repo=tiny_repo, http_port=h, grpc_port=g,
+                                                               metrics_port=m, gpus="0", selinux=False)))
+    want, got = golden["host_config"], ours["host_config"]
+    for key in ("ShmSize", "Ulimits", "IpcMode", "DeviceRequests"):
+        assert got[key] == want[key], key
+    assert got["ShmSize"] == 1 << 30 and got["IpcMode"] == "host"
+    assert [(u["Name"], u["Soft"], u["Hard"]) for u in got["Ulimits"]] == [("memlock", -1, -1), ("stack", 67108864, 67108864)]
+    assert sorted(got["PortBindings"]) == sorted(want["PortBindings"])  # the same three container ports
+    assert got["PortBindings"]["8000/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": str(h)}]
+    assert want["Binds"] == ["/full/path/to/model_repository:/models:rw"]
+    assert got["Binds"] == [f"{tiny_repo.resolve()}:/models:ro"]
+    assert ours["image"] == golden["image"] == DEFAULT_IMAGE
+    assert ours["command"][:2] == golden["command"]  # tritonserver --model-repository=/models, then our log and exit flags
+    assert ours["user"] == f"{os.getuid()}:{os.getgid()}" and not got.get("Privileged")
+
+
+def test_container_mounts_get_the_selinux_label_when_asked(tiny_repo: Path) -> None:
+    h, g, m = free_ports(3)
+    s = ServeSettings.create(runtime="docker", repo=tiny_repo, http_port=h, grpc_port=g, metrics_port=m, selinux=True)
+    assert container_spec(s, tiny_repo.parent / "cache")["volumes"] == {
+        str(tiny_repo.resolve()): {"bind": "/models", "mode": "ro,z"},
+        str((tiny_repo.parent / "cache").resolve()): {"bind": "/trt_cache", "mode": "rw,z"}}
+
+
+NVIDIA_SMI = json.loads((FIXTURES / "server_nvidia_smi.json").read_text())
+
+
+def test_nvidia_smi_output_is_read_as_nvidia_smi_writes_it() -> None:
+    from tritonctl.server import HostGpu, parse_nvidia_smi
+
+    assert parse_nvidia_smi(NVIDIA_SMI["h100_r580"]) == [HostGpu("580.95.05", 9.0)]
+    assert parse_nvidia_smi(NVIDIA_SMI["two_rtx_r550"]) == [HostGpu("550.127.05", 8.6)] * 2
+    assert parse_nvidia_smi(NVIDIA_SMI["not_available"]) == [HostGpu("470.256.02", None)]
+    assert parse_nvidia_smi(NVIDIA_SMI["no_driver"]) == [] and parse_nvidia_smi(NVIDIA_SMI["old_driver"]) == []
+
+
+@pytest.mark.parametrize(
+    ("host", "image", "verdict", "words"),
+    [
+        ("h100_r580", "nvcr.io/nvidia/tritonserver:25.10-py3", "ok", []),
+        ("two_rtx_r550", "nvcr.io/nvidia/tritonserver:25.10-py3", "refused",
+         ["550.127.05", "R575", "CUDA 13.0.2", "--image nvcr.io/nvidia/tritonserver:24.04-py3"]),
+        ("two_rtx_r550", "nvcr.io/nvidia/tritonserver:24.04-py3", "ok", []),
+        ("a100_r535", "nvcr.io/nvidia/tritonserver:25.10-py3", "warned", ["data-center GPU", "forward compatibility"]),
+        ("v100_r575", "nvcr.io/nvidia/tritonserver:25.10-py3", "refused", ["compute capability 7.5", "7.0",
+                                                                            "--image nvcr.io/nvidia/tritonserver:24.10-py3"]),
+        # a tag later than the newest listed needs at least as much
+        ("v100_r575", "nvcr.io/nvidia/tritonserver:26.01-py3", "refused", ["compute capability 7.5"]),
+        ("h100_r580", "my.registry/custom-triton:1", "ok", []),  # not an NGC tag: nothing known to check
+    ],
+)
+def test_the_image_against_the_hosts_driver_and_gpus(host: str, image: str, verdict: str, words: list[str]) -> None:
+    """Figures from NVIDIA's release notes: 25.10 is CUDA 13.0.2, driver R575+ (or data-center forward compatibility),
+    compute capability 7.5+."""
+    from tritonctl.errors import ServerError
+    from tritonctl.server import check_host, parse_nvidia_smi
+
+    gpus = parse_nvidia_smi(NVIDIA_SMI[host])
+    if verdict == "refused":
+        with pytest.raises(ServerError) as info:
+            check_host(image, gpus)
+        text = str(info.value)
+    else:
+        warnings = check_host(image, gpus)
+        assert len(warnings) == (verdict == "warned")
+        text = " ".join(warnings)
+    for word in words:
+        assert word in text, text
+
+
+def _docker_settings(repo: Path, **kw: object) -> ServeSettings:
+    h, g, m = free_ports(3)
+    return ServeSettings.create(runtime="docker", repo=repo, http_port=h, grpc_port=g, metrics_port=m, **kw)
+
+
+def _gpu_repo(tmp_path: Path, gpus: tuple[int, ...] = (), **extra: object) -> Path:
+    """A repository with one TensorRT plan model, as build-engine and config leave it (a stand-in plan: no TensorRT here)."""
+    from tritonctl.metadata import ModelMeta, TensorInfo
+    from tritonctl.repository import ConfigSettings, write_model
+
+    engine = tmp_path / "engine"
+    engine.mkdir(parents=True, exist_ok=True)
+    (engine / "model.plan").write_bytes(b"\0" * 64)
+    ModelMeta(inputs=[TensorInfo("images", "FP16", (-1, 3, 64, 64))], outputs=[TensorInfo("output0", "FP16", (-1, 8, 256))],
+              precision="fp16", extra={"trt_batch": [1, 8, 16], **extra}).write(engine)
+    write_model(ConfigSettings.create(name="yolo", model_file=engine / "model.plan", repo=tmp_path / "repo", gpus=gpus))
+    return tmp_path / "repo"
+
+
+def test_docker_serve_refuses_the_local_runtimes_python_backend_models(tiny_repo: Path) -> None:
+    """The NGC image has no tritonctl: a local_onnx model (python backend importing tritonctl) cannot load there."""
+    result = run_cli("serve", "--runtime", "docker", "--repo", str(tiny_repo), *_ports())
+    assert_one_line_error(result, 2, "'tiny'", "python backend", "--platform onnxruntime_onnx", "build-engine")
+
+
+@pytest.mark.parametrize(
+    ("flag", "config_gpus", "words"),
+    [("1", (1,), ["asks for GPU 1", "--gpus 1 exposes host GPU 1 as device 0", "--gpus 0"]),
+     ("2,3", (3,), ["--gpus 2,3 exposes host GPU 3 as device 1", "--gpus 1"]),
+     ("0", (2,), ["asks for GPU 2", "devices 0..0"])],
+)
+def test_instance_group_gpus_are_the_containers_indexes(tmp_path: Path, flag: str, config_gpus: tuple[int, ...],
+                                                        words: list[str]) -> None:
+    from tritonctl.repository import read_repository
+    from tritonctl.server import check_docker
+
+    s = _docker_settings(_gpu_repo(tmp_path, gpus=config_gpus), gpus=flag)
+    with pytest.raises(BadInput) as info:
+        check_docker(s, read_repository(s.repo), None)
+    for word in words:
+        assert word in str(info.value), str(info.value)
+    fine = _docker_settings(_gpu_repo(tmp_path / "b", gpus=(0,)), gpus=flag)
+    assert check_docker(fine, read_repository(fine.repo), None) == []
+
+
+def test_gpu_ids_against_all_of_the_hosts_gpus(tmp_path: Path) -> None:
+    from tritonctl.repository import read_repository
+    from tritonctl.server import check_docker, parse_nvidia_smi
+
+    s = _docker_settings(_gpu_repo(tmp_path, gpus=(1,)))  # --gpus all on a host with two GPUs: device 1 exists
+    two_gpus = parse_nvidia_smi("580.95.05, 8.6\n580.95.05, 8.6\n")
+    assert check_docker(s, read_repository(s.repo), two_gpus) == []
+    with pytest.raises(BadInput, match="asks for GPU 1"):
+        check_docker(s, read_repository(s.repo), parse_nvidia_smi(NVIDIA_SMI["h100_r580"]))
+
+
+def test_a_plan_built_in_another_image_is_a_warning_not_an_error(tmp_path: Path) -> None:
+    """Engines do not move across TensorRT versions: one yellow line per plan, then serve goes on (here to Docker,
+    which is missing, so it ends there with its own line)."""
+    repo = _gpu_repo(tmp_path, image="nvcr.io/nvidia/tritonserver:25.08-py3", tensorrt="10.11.0")
+    result = run_cli("serve", "--runtime", "docker", "--repo", str(repo), *_ports(),
+                     env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+    assert result.returncode == 3, result.stderr
+    warning, error = result.stderr.strip().splitlines()
+    assert warning.startswith("warning: model 'yolo': its model.plan was built in nvcr.io/nvidia/tritonserver:25.08-py3 "
+                              "(TensorRT 10.11.0), not in nvcr.io/nvidia/tritonserver:25.10-py3"), warning
+    assert "Docker" in error and "Traceback" not in result.stderr
+    same = _gpu_repo(tmp_path / "same", image="nvcr.io/nvidia/tritonserver:25.10-py3")
+    from tritonctl.repository import read_repository
+    from tritonctl.server import engine_warnings
+
+    assert engine_warnings(read_repository(same), "nvcr.io/nvidia/tritonserver:25.10-py3") == []
+
+
+def test_missing_gpu_runtime_is_one_line_and_leaves_no_container(tmp_path: Path) -> None:
+    from test_procs import FakeDocker, api_error
+
+    from tritonctl.errors import ToolMissing
+    from tritonctl.server import start_docker
+
+    client = FakeDocker(start_error=api_error("no_gpu_runtime"))
+    with pytest.raises(ToolMissing) as info:
+        start_docker(_docker_settings(_gpu_repo(tmp_path)), client)
+    assert "NVIDIA Container Toolkit" in str(info.value) and "\n" not in str(info.value)
+    assert [c.removed for c in client.created] == [True]
+
+
+def test_an_image_that_is_not_here_is_one_line(tmp_path: Path) -> None:
+    import docker.errors
+    from test_procs import FakeDocker
+
+    from tritonctl.errors import ToolMissing
+    from tritonctl.server import start_docker
+
+    client = FakeDocker(image_error=docker.errors.ImageNotFound("No such image: nvcr.io/nvidia/tritonserver:25.10-py3"))
+    with pytest.raises(ToolMissing, match=r"is not on this host: `docker pull nvcr.io/nvidia/tritonserver:25.10-py3`"):
+        start_docker(_docker_settings(_gpu_repo(tmp_path)), client)
+    assert client.created == []
+
+
+def test_trt_engine_cache_is_a_writable_mount(tmp_path: Path) -> None:
+    """The repository is mounted read-only: ONNX Runtime's TensorRT engines get a host folder of their own (per image),
+    mounted where the config points, created before the container starts."""
+    from onnx_models import tiny_detector
+    from test_procs import FakeDocker
+
+    from tritonctl.errors import ServerError
+    from tritonctl.repository import ConfigSettings, write_model
+    from tritonctl.server import start_docker
+
+    repo = tmp_path / "repo"
+    write_model(ConfigSettings.create(name="ort", model_file=tiny_detector(tmp_path / "m.onnx"), repo=repo,
+                                      platform="onnxruntime_onnx", trt_accelerator=True))
+    client = FakeDocker(logs=b"E1125 00:00:00.000 1 server.cc:1] no GPU here\n", exit_status="exited")
+    s = _docker_settings(repo, cache_dir=tmp_path / "cache", selinux=False, timeout_s=10)
+    with pytest.raises(ServerError, match="no GPU here"):
+        start_docker(s, client)
+    [container] = client.created
+    cache = tmp_path / "cache" / "nvcr.io-nvidia-tritonserver-25.10-py3"
+    assert container.spec["volumes"][str(cache.resolve())] == {"bind": "/trt_cache", "mode": "rw"}
+    assert (cache / "ort").is_dir() and container.removed
+    plain = FakeDocker(logs=b"E1125 00:00:00.000 1 server.cc:1] stop\n", exit_status="exited")
+    with pytest.raises(ServerError):
+        start_docker(_docker_settings(_gpu_repo(tmp_path / "plan"), cache_dir=tmp_path / "c2"), plain)
+    assert list(plain.created[0].spec["volumes"].values()) == [{"bind": "/models", "mode": "ro"}]  # nothing to cache

@@ -14,7 +14,7 @@ from typing import Any
 
 from tritonctl.endpoint import Endpoint, parse_endpoint
 from tritonctl.errors import BadInput, ServerError, ToleranceExceeded
-from tritonctl.perf import PerfTool, read_csv, run
+from tritonctl.perf import PerfTool, per_gpu, read_csv, require_cuda, run
 
 # perf_analyzer --verbose-csv column -> our summary column (perf_analyzer reports microseconds)
 COLUMNS = {
@@ -22,9 +22,13 @@ COLUMNS = {
     "p99 latency": "p99_ms", "Avg latency": "avg_ms", "Client Send": "client_send_ms", "Client Recv": "client_recv_ms",
     "Network+Server Send/Recv": "network_ms", "Server Queue": "server_queue_ms",
     "Server Compute Input": "compute_input_ms", "Server Compute Infer": "compute_infer_ms",
-    "Server Compute Output": "compute_output_ms", "Avg GPU Utilization": "gpu_util", "Max GPU Memory Usage": "gpu_mem_bytes",
+    "Server Compute Output": "compute_output_ms",
 }
 US_COLUMNS = {k for k, v in COLUMNS.items() if v.endswith("_ms")}
+# perf_analyzer's GPU columns (--collect-metrics), one `uuid:value;` per GPU. Our summary column holds one number over
+# all GPUs (utilization: the mean, a fraction 0..1; power in W and memory in bytes: the sum); `per_gpu` keeps each.
+GPU_COLUMNS = {"Avg GPU Utilization": ("gpu_util", "mean"), "Avg GPU Power Usage": ("gpu_power_w", "sum"),
+               "Max GPU Memory Usage": ("gpu_mem_bytes", "sum"), "Total GPU Memory": ("gpu_mem_total_bytes", "sum")}
 
 # The best pick searches what it recommends over: batch size and requests in flight. Concurrency 1 alone (the seed's
 # loop, still `--concurrency 1`) left the server idle between requests: 15.9 infer/s where detect reached 28.6 fps.
@@ -77,6 +81,9 @@ class BenchmarkSettings:
                 out_dir=out, **kw)
         if s.shared_memory not in ("none", "system", "cuda"):
             raise BadInput(f"--shared-memory {s.shared_memory!r}: choose none, system or cuda")
+        if s.shared_memory == "cuda" and not s.endpoint.local:
+            raise BadInput(f"--shared-memory cuda needs the server on this host (CUDA IPC does not cross machines), "
+                           f"not {s.url}: use --shared-memory none for a remote server")
         if s.measurement_interval_ms < 100:
             raise BadInput("--measurement-interval is in milliseconds and must be at least 100")
         if s.latency_budget_ms is not None and s.latency_budget_ms <= 0:
@@ -113,6 +120,7 @@ class Row:
     concurrency: int
     infer_per_s: float
     values: dict[str, float | None] = field(default_factory=dict)
+    per_gpu: dict[str, dict[str, float]] = field(default_factory=dict)  # GPU column -> {GPU uuid: value}
 
     @property
     def p95_ms(self) -> float:
@@ -176,12 +184,30 @@ def _number(text: str | None) -> float | None:
 def parse_rows(path: Path, batch: int) -> list[Row]:
     rows = []
     for raw in read_csv(path):
-        values = {}
+        values: dict[str, float | None] = {}
         for col, key in COLUMNS.items():
             v = _number(raw.get(col))
             values[key] = v / 1000 if v is not None and col in US_COLUMNS else v
-        rows.append(Row(batch, int(raw["Concurrency"]), float(values["infer_per_s"] or 0.0), values))
+        gpus = _gpu_values(raw, values)
+        rows.append(Row(batch, int(raw["Concurrency"]), float(values["infer_per_s"] or 0.0), values, gpus))
     return rows
+
+
+def _gpu_values(raw: dict[str, str], values: dict[str, float | None]) -> dict[str, dict[str, float]]:
+    """The GPU columns: per GPU as perf_analyzer wrote them, and their mean or sum (GPU_COLUMNS) into `values`."""
+    gpus: dict[str, dict[str, float]] = {}
+    for col, (key, how) in GPU_COLUMNS.items():
+        each = per_gpu(raw.get(col))
+        values[key] = (sum(each.values()) / (len(each) if how == "mean" else 1)) if each else None
+        if each:
+            gpus[key] = each
+    return gpus
+
+
+def check_tool(s: BenchmarkSettings, tool: PerfTool | None) -> None:
+    """What the chosen perf_analyzer needs for these settings, checked before the server is asked anything."""
+    if s.shared_memory == "cuda" and tool is not None:
+        require_cuda(tool)
 
 
 def pick_best(rows: list[Row], budget_ms: float | None) -> Row | None:
@@ -239,7 +265,8 @@ def run_sweep(p: Plan, tool: PerfTool, on_start: Callable[[int], None],
     for b in runnable:
         on_start(b)
         name = f"results_batch_{b}.csv"
-        code, lines = run(tool, s.perf_args(b, name), s.out_dir, lambda line, b=b: on_line(b, line))  # type: ignore[misc]
+        code, lines = run(tool, s.perf_args(b, name), s.out_dir, lambda line, b=b: on_line(b, line),  # type: ignore[misc]
+                          s.shared_memory)
         if code != 0 or not (s.out_dir / name).exists():
             last = next((ln for ln in reversed(lines) if ln.strip()), "no output")
             raise ServerError(f"perf_analyzer failed at batch {b} (exit {code}): {last}")
@@ -261,7 +288,7 @@ def explain(result: BenchmarkResult, s: BenchmarkSettings) -> list[str]:
 
 
 def write_summary(result: BenchmarkResult, s: BenchmarkSettings) -> list[Path]:
-    keys = list(dict.fromkeys(COLUMNS.values()))
+    keys = [*dict.fromkeys(COLUMNS.values()), *(key for key, _ in GPU_COLUMNS.values())]
     csv_path = result.out_dir / "summary.csv"
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
@@ -272,7 +299,8 @@ def write_summary(result: BenchmarkResult, s: BenchmarkSettings) -> list[Path]:
     json_path.write_text(json.dumps({
         "model": s.model, "url": s.url, "protocol": s.protocol, "shared_memory": s.shared_memory,
         "latency_budget_ms": s.latency_budget_ms, "max_batch": result.max_batch, "skipped_batch_sizes": result.skipped,
-        "rows": [{"batch": r.batch, "concurrency": r.concurrency, **r.values} for r in result.rows],
+        "gpu_columns": {key: how for key, how in GPU_COLUMNS.values()},
+        "rows": [{"batch": r.batch, "concurrency": r.concurrency, **r.values, "per_gpu": r.per_gpu} for r in result.rows],
         "best": asdict(result.best) if result.best else None,
         "sweet_spot": asdict(result.sweet_spot) if result.sweet_spot else None,
     }, indent=2))

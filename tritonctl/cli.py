@@ -96,8 +96,15 @@ def serve(
     timeout: float = typer.Option(120.0, help="seconds to wait for readiness"),
     image: str = typer.Option("", help="Triton image for --runtime docker"),
     gpus: str = typer.Option("all", help="GPUs for --runtime docker: all, or indexes such as 0,1"),
+    cache_dir: Path | None = typer.Option(None, help="--runtime docker: host folder for ONNX Runtime's TensorRT engine "
+                                                     "cache (default: the state folder)"),
+    selinux_label: bool | None = typer.Option(None, "--selinux-label/--no-selinux-label",
+                                              help="--runtime docker: relabel the mounts for SELinux (default: when it "
+                                                   "enforces)"),
 ) -> None:
     """Launch Triton on a model repository and wait until it is ready; in the foreground until Ctrl-C or SIGTERM."""
+    from rich.markup import escape
+
     from tritonctl import procs, server
     from tritonctl.client import server_status
     from tritonctl.endpoint import parse_endpoint
@@ -106,7 +113,10 @@ def serve(
 
     s = server.ServeSettings.create(
         runtime=runtime, repo=repo, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
-        detach=detach, log_file=log_file, timeout_s=timeout, image=image or server.DEFAULT_IMAGE, gpus=gpus)
+        detach=detach, log_file=log_file, timeout_s=timeout, image=image or server.DEFAULT_IMAGE, gpus=gpus,
+        cache_dir=cache_dir, selinux=selinux_label)
+    for warning in server.preflight(s):
+        err.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     t0 = time.monotonic()
     # From here SIGTERM/SIGHUP/SIGINT raise StopRequested: whatever we started is stopped on the way out.
     with procs.stop_on_signals():
@@ -277,57 +287,51 @@ def export(
 def build_engine(
     onnx: Path = typer.Option(Path("build/export/model_fp16.onnx"), help="the ONNX export to compile"),
     out_dir: Path = typer.Option(Path("build/engine"), help="where model.plan, engine.json and the log go"),
-    runtime: str = typer.Option("docker", help="docker: trtexec inside the Triton image (matches the server); local: PATH"),
-    precision: str = typer.Option("fp16", help="fp16 (--fp16) or fp32"),
+    runtime: str | None = typer.Option(None, help="docker (the default): trtexec inside the Triton image (matches the "
+                                                  "server); local: PATH. With --time: where the engine was built"),
+    precision: str = typer.Option("fp16", help="fp16 (--fp16 before TensorRT 11; from 11 on, the FP16 export) or fp32"),
     min_batch: int = typer.Option(1),
     opt_batch: int = typer.Option(8),
     max_batch: int = typer.Option(16),
-    workspace: int | None = typer.Option(None, help="TensorRT workspace in MiB"),
-    image: str = typer.Option("", help="Triton image for --runtime docker (default: the one `serve` uses)"),
+    workspace: int | None = typer.Option(None, help="TensorRT workspace in MiB (--memPoolSize=workspace:N)"),
+    image: str = typer.Option("", help="Triton image for --runtime docker (default: the one `serve` uses; with --time: "
+                                       "the one the engine was built in)"),
     gpus: str = typer.Option("all"),
     repo: Path | None = typer.Option(None, help="also put model.plan into <repo>/<name>/1/"),
     name: str | None = typer.Option(None),
-    time_engine: Path | None = typer.Option(None, "--time", help="time a built engine instead (the seed's timing run)"),
+    time_engine: Path | None = typer.Option(None, "--time", help="time a built engine instead (the seed's timing run), "
+                                                                 "in the image or host it was built in"),
     batch: int = typer.Option(8, help="batch for --time"),
 ) -> None:
     """Compile an ONNX export into a dynamic-batch TensorRT engine with trtexec (or time one with --time)."""
     from tritonctl import engine as eng
 
     if time_engine is not None:
-        _time_engine(time_engine, batch, out_dir)
+        _time_engine(eng.TimingSettings.create(time_engine, out_dir, batch, runtime, image, gpus))
         return
-    s = eng.EngineSettings.create(onnx=onnx, out_dir=out_dir, runtime=runtime, precision=precision, min_batch=min_batch,
-                                  opt_batch=opt_batch, max_batch=max_batch, workspace_mb=workspace, image=image, gpus=gpus,
-                                  repo=repo, name=name)
+    s = eng.EngineSettings.create(onnx=onnx, out_dir=out_dir, runtime=runtime or "docker", precision=precision,
+                                  min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, workspace_mb=workspace,
+                                  image=image, gpus=gpus, repo=repo, name=name)
     with err.status("trtexec: building …") as spinner:
         result = eng.build(s, lambda line: spinner.update(f"trtexec: {line[-100:]}"))
+    out.print(f"trtexec: {result.trtexec.describe()}", markup=False, highlight=False)
     out.print(f"[green]engine[/] {result.engine} ({result.engine.stat().st_size / 1e6:.1f} MB), log {result.log_file}")
     _print_summary(result.summary)
 
 
-def _time_engine(engine_path: Path, batch: int, out_dir: Path) -> None:
+def _time_engine(t: Any) -> None:
     from tritonctl import engine as eng
-    from tritonctl.errors import BadInput
-    from tritonctl.metadata import read_sidecar
 
-    if not engine_path.is_file():
-        raise BadInput(f"engine {engine_path} does not exist: build one with `tritonctl build-engine`")
-    meta = read_sidecar(engine_path)
-    if meta is None or not meta.inputs:
-        raise BadInput(f"no model.json beside {engine_path}: it tells the input name and size")
-    h, w = meta.imgsz or meta.inputs[0].shape[2:4]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    times = out_dir / "inference_times.json"
-    command = eng.timing_command(eng.find_trtexec(), str(engine_path), f"{meta.inputs[0].name}:{batch}x3x{h}x{w}", str(times))
-    log_file = out_dir / "trtexec_time.log"
     with err.status("trtexec: timing …") as spinner:
-        code = eng.run_local(command, log_file, lambda line: spinner.update(f"trtexec: {line[-100:]}"))
-    if code != 0:
-        from tritonctl.errors import ModelError
-
-        raise ModelError(f"trtexec failed (exit {code}); its log is in {log_file}")
-    _print_summary(eng.parse_summary(log_file.read_text().splitlines()))
-    out.print_json(json.dumps(eng.parse_times(times)))
+        result = eng.time_engine(t, lambda line: spinner.update(f"trtexec: {line[-100:]}"))
+    for note in result.notes:
+        out.print(note, style="yellow", markup=False, highlight=False)
+    out.print(f"trtexec: {result.trtexec.describe()}", markup=False, highlight=False)
+    _print_summary(result.summary)
+    skipped = result.times["warmup_skipped"]
+    out.print(f"inference_times.json: {result.times['inferences']} timed inferences"
+              + (f", {skipped} warm-up records skipped (as trtexec's summary does)" if skipped else ""), highlight=False)
+    out.print_json(json.dumps(result.times))
 
 
 def _print_summary(summary: Any) -> None:
@@ -409,7 +413,7 @@ def benchmark(
     concurrency: str = typer.Option("1:4", help="requests in flight: N or start:end[:step]; the best pick searches these "
                                                 "too (--concurrency 1: the seed's exact loop)"),
     protocol: str = typer.Option("http"),
-    shared_memory: str = typer.Option("none", help="none, system or cuda"),
+    shared_memory: str = typer.Option("none", help="none, system or cuda (a GPU and a CUDA runtime here; see --doctor)"),
     measurement_interval: int = typer.Option(5000, help="perf_analyzer window in ms"),
     stability_percentage: int = typer.Option(10, help="perf_analyzer's allowed spread between windows"),
     latency_budget_ms: float | None = typer.Option(None, help="pick the best throughput whose p95 fits this"),
@@ -418,7 +422,8 @@ def benchmark(
     apply: bool = typer.Option(False, "--apply", help="write the best batching into <repo>/<model>/config.pbtxt"),
     dry_run: bool = typer.Option(False, "--dry-run", help="with --apply: show the diff, change nothing"),
     repo: Path = typer.Option(Path("model_repository"), help="the repository holding the model's config (for --apply)"),
-    doctor: bool = typer.Option(False, "--doctor", help="say which perf_analyzer would be used, and why"),
+    doctor: bool = typer.Option(False, "--doctor", help="say which perf_analyzer would be used, and why, and whether "
+                                                         "--shared-memory cuda can work here"),
 ) -> None:
     """Sweep batch sizes (and concurrency) with perf_analyzer; CSVs, summary, best setting, plot; --apply it."""
     from tritonctl import benchmark as bm
@@ -438,6 +443,7 @@ def benchmark(
     if apply and not (repo / model / "config.pbtxt").is_file():
         raise BadInput(f"--apply needs {repo / model / 'config.pbtxt'}: pass --repo, the repository the server loads")
     tool = perf.find_perf_analyzer()
+    bm.check_tool(s, tool)
     prepared = bm.plan(s)
     result = _sweep(bm, prepared, tool)
     _show_benchmark(result, prepared.settings)
@@ -454,12 +460,19 @@ def _doctor(perf: Any) -> None:
     from rich.table import Table
 
     table = Table("source", "usable", "detail", title="perf_analyzer: tried in this order")
-    chosen = None
+    chosen, tool_used = None, None
     for name, tool, why in perf.candidates():
         chosen = chosen or (name if tool else None)
+        tool_used = tool_used or tool
         table.add_row(name, "[green]yes[/]" if tool else "[red]no[/]", tool.why if tool else why)
     out.print(table)
     out.print(f"benchmark will use: [bold]{chosen}[/]" if chosen else "[red]none usable: run `make setup`[/]")
+    checks = perf.cuda_checks(tool_used)
+    ready = all(c.ok for c in checks)
+    out.print(f"--shared-memory cuda: {'[green]can work[/]' if ready else '[red]cannot work[/]'} "
+              f"with {tool_used.kind if tool_used else 'the project install'}")
+    for c in checks:
+        out.print(f"  {'ok' if c.ok else 'no'}  {c.name}: {c.detail}", markup=False, highlight=False)
 
 
 def _sweep(bm: Any, prepared: Any, tool: Any) -> Any:
@@ -493,13 +506,17 @@ def _show_benchmark(result: Any, s: Any) -> None:
 
     if result.skipped:
         out.print(f"[yellow]skipped batch sizes {result.skipped}: above the model's max batch {result.max_batch}[/]")
-    table = Table("batch", "concurrency", "infer/s", "p50 ms", "p95 ms", "p99 ms", "queue ms", "compute ms")
+    gpu = any(r.values.get("gpu_util") is not None for r in result.rows)  # only with --collect-metrics on a GPU server
+    table = Table("batch", "concurrency", "infer/s", "p50 ms", "p95 ms", "p99 ms", "queue ms", "compute ms",
+                  *(["GPU util % (mean)", "GPU W (sum)"] if gpu else []))
     for r in result.rows:
         mark = " [green]best[/]" if r is result.best else ""
         mark += " [cyan]sweet spot[/]" if r is result.sweet_spot else ""
         v = r.values
+        gpu_cells = [f"{(v.get('gpu_util') or 0) * 100:.0f}", f"{v.get('gpu_power_w') or 0:.0f}"] if gpu else []
         table.add_row(f"{r.batch}{mark}", str(r.concurrency), f"{r.infer_per_s:.1f}",
-                      *(f"{v.get(k) or 0:.2f}" for k in ("p50_ms", "p95_ms", "p99_ms", "server_queue_ms", "compute_infer_ms")))
+                      *(f"{v.get(k) or 0:.2f}" for k in ("p50_ms", "p95_ms", "p99_ms", "server_queue_ms", "compute_infer_ms")),
+                      *gpu_cells)
     out.print(table)
     for line in explain(result, s):
         out.print(line, style="dim", markup=False, highlight=False)
@@ -525,11 +542,12 @@ def config(
     repo: Path = typer.Option(Path("model_repository")),
     platform: str = typer.Option("auto", help="tensorrt_plan, onnxruntime_onnx, local_onnx (the local runtime's CPU "
                                               "runner), or auto: from the file and --kind"),
-    max_batch: int = typer.Option(16),
-    preferred_batch: str = typer.Option("4,8", help="preferred batch sizes for the dynamic batcher"),
+    max_batch: int | None = typer.Option(None, help="largest batch (default: a plan's engine maximum, else 16; 0: none)"),
+    preferred_batch: str | None = typer.Option(None, help="preferred batch sizes for the dynamic batcher (default: 4,8 "
+                                                          "up to --max-batch)"),
     queue_delay_us: int = typer.Option(500),
     instances: int | None = typer.Option(None, help="model instances (default: 1; local_onnx: one per core)"),
-    kind: str | None = typer.Option(None, help="cpu or gpu (default: gpu for plans, cpu otherwise)"),
+    kind: str | None = typer.Option(None, help="cpu or gpu (default: cpu for local_onnx, gpu otherwise)"),
     gpus: str = typer.Option("", help="GPU indexes for the instance group, e.g. 0,1"),
     warmup: bool = typer.Option(True, "--warmup/--no-warmup"),
     pinned_memory: bool | None = typer.Option(None, "--pinned-memory/--no-pinned-memory",
@@ -545,7 +563,7 @@ def config(
 
     settings = ConfigSettings.create(
         name=name, model_file=model, repo=repo, platform=platform, kind=kind, max_batch=max_batch,
-        preferred_batch=_int_list(preferred_batch, "--preferred-batch") if max_batch > 0 else (),
+        preferred_batch=None if preferred_batch is None else _int_list(preferred_batch, "--preferred-batch"),
         queue_delay_us=queue_delay_us, instances=instances, gpus=_int_list(gpus, "--gpus"), warmup=warmup,
         pinned_memory=pinned_memory, threads=threads, trt_accelerator=trt_accelerator, precision=precision)
     folder = write_model(settings)

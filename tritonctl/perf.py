@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import csv
+import ctypes
+import ctypes.util
 import os
 import re
 import shutil
@@ -17,6 +19,7 @@ from tritonctl import procs
 from tritonctl.errors import ToolMissing
 
 SDK_IMAGE = "nvcr.io/nvidia/tritonserver:25.10-py3-sdk"
+CUDART = "libcudart.so"  # the exact name perf_analyzer dlopens for --shared-memory cuda (cuda_runtime_library_manager.cc)
 
 
 @dataclass(frozen=True)
@@ -86,22 +89,94 @@ def find_perf_analyzer(required: bool = True) -> PerfTool | None:
     return None
 
 
-def run(tool: PerfTool, args: list[str], out_dir: Path, on_line: Callable[[str], None]) -> tuple[int, list[str]]:
+def run(tool: PerfTool, args: list[str], out_dir: Path, on_line: Callable[[str], None],
+        shared_memory: str = "none") -> tuple[int, list[str]]:
     """Run perf_analyzer with args (paths inside out_dir); returns its exit code and output lines."""
     if tool.kind == "docker":
-        return _run_docker(args, out_dir, on_line)
+        return _run_docker(args, out_dir, on_line, shared_memory)
     done = procs.run([*tool.command, *args], on_line, cwd=out_dir, keep_lines=True)
     return (1 if done.exit_code is None else done.exit_code), done.lines
 
 
-def docker_spec(args: list[str], out_dir: Path) -> dict[str, Any]:
-    return {"image": SDK_IMAGE, "command": ["perf_analyzer", *args], "network_mode": "host", "detach": True,
-            "privileged": False, "working_dir": "/out", "volumes": {str(out_dir.resolve()): {"bind": "/out", "mode": "rw"}}}
+def docker_spec(args: list[str], out_dir: Path, shared_memory: str = "none") -> dict[str, Any]:
+    """The SDK container. Shared memory with a server in another container needs the host's IPC namespace (system
+    shm segments live there); CUDA shared memory also needs a GPU and the host's PID namespace (CUDA IPC refuses
+    a handle whose source and destination PIDs look equal, which separate PID namespaces can make them)."""
+    spec: dict[str, Any] = {
+        "image": SDK_IMAGE, "command": ["perf_analyzer", *args], "network_mode": "host", "detach": True,
+        "privileged": False, "working_dir": "/out", "volumes": {str(out_dir.resolve()): {"bind": "/out", "mode": "rw"}}}
+    if shared_memory in ("system", "cuda"):
+        spec["ipc_mode"] = "host"
+    if shared_memory == "cuda":
+        from docker.types import DeviceRequest
+
+        spec["pid_mode"] = "host"
+        spec["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    return spec
 
 
-def _run_docker(args: list[str], out_dir: Path, on_line: Callable[[str], None]) -> tuple[int, list[str]]:
-    done = procs.run_container(docker_spec(args, out_dir), on_line, keep_lines=True)
+def _run_docker(args: list[str], out_dir: Path, on_line: Callable[[str], None],
+                shared_memory: str = "none") -> tuple[int, list[str]]:
+    done = procs.run_container(docker_spec(args, out_dir, shared_memory), on_line, keep_lines=True)
     return (1 if done.exit_code is None else done.exit_code), done.lines
+
+
+# ---------------------------------------------------------------- CUDA shared memory: can it work here?
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+def gpu_check() -> Check:
+    """A GPU this host's driver shows (`nvidia-smi -L`): CUDA shared memory is GPU memory."""
+    try:
+        done = procs.run(["nvidia-smi", "-L"], keep_lines=True, timeout_s=20)
+    except ToolMissing:
+        return Check("GPU", False, "no nvidia-smi: no NVIDIA driver on this host")
+    gpus = [ln.strip() for ln in done.lines if ln.startswith("GPU ")]
+    if done.exit_code != 0 or not gpus:
+        last = next((ln.strip() for ln in reversed(done.lines) if ln.strip()), f"exit {done.exit_code}")
+        return Check("GPU", False, f"nvidia-smi lists no GPU ({last})")
+    return Check("GPU", True, f"{len(gpus)} visible: {gpus[0]}")
+
+
+def cudart_check() -> Check:
+    """perf_analyzer opens the CUDA runtime by its unversioned name, which only a CUDA toolkit (its development
+    link) provides; the versioned runtime alone (libcudart.so.12) is not enough."""
+    try:
+        ctypes.CDLL(CUDART)
+        return Check("libcudart", True, f"{CUDART} loads")
+    except OSError:
+        pass
+    versioned = ctypes.util.find_library("cudart")
+    hint = (f"{versioned} is installed but not the unversioned link: install the CUDA toolkit's cudart development "
+            "package, or put a libcudart.so link on the library path") if versioned else "install a CUDA toolkit"
+    return Check("libcudart", False, f"perf_analyzer opens {CUDART}, which does not load here: {hint}")
+
+
+def container_check() -> Check:
+    return Check("container", True, f"{SDK_IMAGE} brings libcudart; it runs with a GPU device request, "
+                                    "--pid=host (CUDA IPC) and --ipc=host")
+
+
+def cuda_checks(tool: PerfTool | None) -> list[Check]:
+    """What `--shared-memory cuda` needs from the perf_analyzer that would run, each checked here."""
+    checks = [gpu_check()]
+    if tool is not None and tool.kind == "docker":
+        return [*checks, container_check()]
+    return [*checks, cudart_check()]
+
+
+def require_cuda(tool: PerfTool) -> None:
+    """Refuse `--shared-memory cuda` in one line when the chosen perf_analyzer cannot use it here."""
+    failed = next((c for c in cuda_checks(tool) if not c.ok), None)
+    if failed is not None:
+        raise ToolMissing(f"--shared-memory cuda cannot work with {tool.why}: {failed.detail}; "
+                          "use --shared-memory system or none (`tritonctl benchmark --doctor` says more)")
 
 
 _LIVE = re.compile(r"Concurrency: (\d+), throughput: ([0-9.]+) infer/sec, latency (\d+) usec")
@@ -116,6 +191,21 @@ def live_figure(line: str) -> tuple[int, float, float] | None:
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return [row for row in csv.DictReader(f) if row.get("Concurrency")]
+
+
+def per_gpu(cell: str | None) -> dict[str, float]:
+    """A GPU metrics cell of perf_analyzer's CSV: `uuid:value;` per GPU (report_writer.cc WriteGpuMetrics), empty
+    when the metric was not collected."""
+    values: dict[str, float] = {}
+    for item in (cell or "").split(";"):
+        uuid, sep, value = item.strip().rpartition(":")
+        if not sep or not uuid:
+            continue
+        try:
+            values[uuid] = float(value)
+        except ValueError:
+            continue
+    return values
 
 
 def run_sweep_point(tool: PerfTool, url: str, model: str, batch: int, concurrency: int,

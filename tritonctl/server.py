@@ -27,6 +27,7 @@ from tritonctl import procs
 from tritonctl.endpoint import Endpoint, parse_endpoint
 from tritonctl.errors import BadInput, ModelError, ServerError, ToolMissing
 from tritonctl.procs import docker_client
+from tritonctl.repository import TRT_CACHE_IN_CONTAINER, RepoModel, read_repository
 
 __all__ = ["docker_client"]  # engine and perf used to take it from here
 
@@ -60,6 +61,8 @@ class ServeSettings:
     image: str = DEFAULT_IMAGE
     gpus: str = "all"
     name: str = "tritonctl"
+    cache_dir: Path | None = None  # docker: where ONNX Runtime's TensorRT engines are cached (default: the state folder)
+    selinux: bool | None = None  # docker: label the bind mounts `z` (None: when SELinux enforces here)
 
     @classmethod
     def create(cls, **kw: Any) -> ServeSettings:
@@ -485,6 +488,190 @@ def _stop_local_record(record: ServerRecord, timeout_s: float, settle_s: float =
     return StopResult(ended.found, ended.seconds, ended.killed, ended.left, regions, notes)
 
 
+# ---------------------------------------------------------------- before a docker server starts: the host, the models
+
+
+@dataclass(frozen=True)
+class HostGpu:
+    """One GPU as nvidia-smi reports it."""
+
+    driver: str  # e.g. 575.57.08
+    compute_cap: float | None  # e.g. 9.0; None where the driver cannot say
+
+    @property
+    def branch(self) -> int:
+        return int(self.driver.split(".")[0])
+
+    @property
+    def driver_version(self) -> tuple[int, ...]:
+        return tuple(int(x) for x in self.driver.split("."))
+
+
+_DRIVER = re.compile(r"\d+(?:\.\d+)+")
+_CAP = re.compile(r"\d+\.\d+")
+
+
+def parse_nvidia_smi(text: str) -> list[HostGpu]:
+    """`nvidia-smi --query-gpu=driver_version,compute_cap --format=csv,noheader`: one `575.57.08, 9.0` line per GPU,
+    in index order. Its error messages yield no GPU; an old driver's `[N/A]` yields no compute capability."""
+    gpus = []
+    for line in text.splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if not _DRIVER.fullmatch(fields[0]):
+            continue
+        cap = fields[1] if len(fields) > 1 else ""
+        gpus.append(HostGpu(fields[0], float(cap) if _CAP.fullmatch(cap) else None))
+    return gpus
+
+
+def host_gpus() -> list[HostGpu] | None:
+    """This host's GPUs; None without nvidia-smi, or when it cannot talk to a driver."""
+    for query in ("driver_version,compute_cap", "driver_version"):  # drivers before R510 cannot query compute_cap
+        try:
+            done = procs.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"], keep_lines=True,
+                             timeout_s=30)
+        except ToolMissing:
+            return None
+        gpus = parse_nvidia_smi("\n".join(done.lines))
+        if gpus:
+            return gpus
+    return None
+
+
+@dataclass(frozen=True)
+class ImageNeeds:
+    release: str  # the NGC tag's yy.mm
+    cuda: str
+    min_driver: int  # the driver branch the release notes ask for
+    min_cap: float  # the lowest compute capability it supports
+
+
+# NVIDIA's Triton release notes, "Driver Requirements" and "GPU Requirements" of each release; newest first.
+RELEASES = (
+    ImageNeeds("25.10", "13.0.2", 575, 7.5),
+    ImageNeeds("25.08", "13.0.0", 575, 7.5),
+    ImageNeeds("25.06", "12.9.1", 575, 7.5),
+    ImageNeeds("25.04", "12.9.0", 575, 7.5),
+    ImageNeeds("25.03", "12.8.1", 560, 7.5),
+    ImageNeeds("24.10", "12.6.2", 560, 6.0),
+    ImageNeeds("24.04", "12.4", 545, 6.0),
+    ImageNeeds("23.08", "12.2.1", 535, 6.0),
+)
+# The older drivers the same notes accept on data-center GPUs, through CUDA forward compatibility.
+FORWARD_COMPATIBLE = ((470, 57), (525, 85), (535, 86), (545, 23))
+_TAG = re.compile(r"tritonserver:(\d{2}\.\d{2})")
+
+
+def image_needs(image: str) -> ImageNeeds | None:
+    """What an NGC Triton image needs of the host; None for a tag the release notes above do not place (a later
+    tag than the newest listed is taken to need at least as much)."""
+    m = _TAG.search(image)
+    if not m:
+        return None
+    release = m.group(1)
+    if release > RELEASES[0].release:
+        return ImageNeeds(release, f"{RELEASES[0].cuda} or later", RELEASES[0].min_driver, RELEASES[0].min_cap)
+    return next((r for r in RELEASES if r.release == release), None)
+
+
+def _forward_compatible(gpu: HostGpu) -> bool:
+    return any(gpu.branch == branch and gpu.driver_version[1:2] >= (minor,) for branch, minor in FORWARD_COMPATIBLE)
+
+
+def fitting_image(image: str, gpus: list[HostGpu]) -> str | None:
+    """The newest listed release these GPUs and their driver run, named like `image`."""
+    for r in RELEASES:
+        if all(g.branch >= r.min_driver and (g.compute_cap or r.min_cap) >= r.min_cap for g in gpus):
+            return _TAG.sub(f"tritonserver:{r.release}", image)
+    return None
+
+
+def check_host(image: str, gpus: list[HostGpu]) -> list[str]:
+    """The image against the host's GPUs (those handed to the container): refuses what cannot run, returns a warning
+    for what runs only on data-center GPUs through forward compatibility."""
+    needs = image_needs(image)
+    if needs is None or not gpus:
+        return []
+    fit = fitting_image(image, gpus)
+    instead = f"use --image {fit} (build the engine with the same image)" if fit else "no release listed fits this host"
+    caps = sorted(g.compute_cap for g in gpus if g.compute_cap is not None and g.compute_cap < needs.min_cap)
+    if caps:
+        raise ServerError(f"{image} supports GPUs of compute capability {needs.min_cap} and later, and this GPU is "
+                          f"{caps[0]}: {instead}")
+    old = [g for g in gpus if g.branch < needs.min_driver]
+    if not old:
+        return []
+    what = (f"the NVIDIA driver here ({old[0].driver}) is older than the R{needs.min_driver} that {image} "
+            f"(CUDA {needs.cuda}) needs")
+    if all(_forward_compatible(g) for g in old):
+        return [f"{what}: it runs only on a data-center GPU, through CUDA forward compatibility; otherwise {instead}"]
+    raise ServerError(f"{what}: upgrade the driver, or {instead}")
+
+
+def _container_gpus(gpus: list[HostGpu], flag: str) -> list[HostGpu]:
+    ids = gpu_ids(flag)
+    return gpus if ids is None else [gpus[int(i)] for i in ids if int(i) < len(gpus)]
+
+
+def check_gpu_ids(models: list[RepoModel], flag: str, host_count: int | None) -> None:
+    """Instance groups name GPUs as the container numbers them: `--gpus 1` makes host GPU 1 the container's device 0,
+    and Triton refuses a config that asks for GPU 1 ("invalid or unsupported gpu id")."""
+    ids = gpu_ids(flag)
+    visible = len(ids) if ids is not None else host_count
+    if visible is None:
+        return
+    for m in models:
+        bad = [g for g in m.gpu_ids() if g >= visible]
+        if not bad:
+            continue
+        g = bad[0]
+        if ids is not None and str(g) in ids:
+            how = f"--gpus {flag} exposes host GPU {g} as device {ids.index(str(g))}: write `tritonctl config --name " \
+                  f"{m.name} --gpus {ids.index(str(g))} …`"
+        else:
+            how = f"it sees devices 0..{visible - 1}: write `tritonctl config --name {m.name} --gpus` with those"
+        raise BadInput(f"model '{m.name}' asks for GPU {g}, which the container does not have: {how}")
+
+
+def check_docker_models(models: list[RepoModel]) -> None:
+    """The NGC image has no tritonctl: the local runtime's CPU runner (a python-backend model) cannot load there."""
+    local = [m.name for m in models if m.platform == "local_onnx"]
+    if local:
+        names = ", ".join(f"'{n}'" for n in local)
+        raise BadInput(f"model {names} runs on the local runtime's CPU runner (python backend), which the NGC image does "
+                       "not have: for --runtime docker write it with `tritonctl config --platform onnxruntime_onnx` or "
+                       "serve a TensorRT plan from `tritonctl build-engine`; or serve it with --runtime local")
+
+
+def engine_warnings(models: list[RepoModel], image: str) -> list[str]:
+    """Plans built in another image than the one starting: a TensorRT engine loads only under the TensorRT that
+    built it."""
+    warnings = []
+    for m in models:
+        extra = m.meta.extra if m.meta else {}
+        built_in = str(extra.get("image") or "")
+        if m.platform == "tensorrt_plan" and built_in and built_in != image:
+            trt = f" (TensorRT {extra['tensorrt']})" if extra.get("tensorrt") else ""
+            warnings.append(f"model '{m.name}': its model.plan was built in {built_in}{trt}, not in {image}; engines do "
+                            f"not move across TensorRT versions: rebuild it with `tritonctl build-engine --image {image}`")
+    return warnings
+
+
+def check_docker(s: ServeSettings, models: list[RepoModel], gpus: list[HostGpu] | None) -> list[str]:
+    """Everything knowable before the container starts: refuses what cannot work, returns warnings."""
+    check_docker_models(models)
+    check_gpu_ids(models, s.gpus, len(gpus) if gpus else None)
+    return check_host(s.image, _container_gpus(gpus or [], s.gpus)) + engine_warnings(models, s.image)
+
+
+def preflight(s: ServeSettings) -> list[str]:
+    """`check_docker` with this host's GPUs (nvidia-smi); nothing to check for the local runtime."""
+    if s.runtime != "docker":
+        return []
+    remote = os.environ.get("DOCKER_HOST", "").startswith(("tcp://", "ssh://"))  # its GPUs are not this host's
+    return check_docker(s, read_repository(s.repo), None if remote else host_gpus())
+
+
 # ---------------------------------------------------------------- docker runtime
 
 
@@ -498,9 +685,22 @@ def gpu_request(gpus: str) -> Any:
     return DeviceRequest(device_ids=ids, capabilities=[["gpu"]])
 
 
-def container_spec(s: ServeSettings) -> dict[str, Any]:
-    """Keyword arguments for docker's `containers.run`: only the GPUs asked for, the repository read-only,
-    never privileged, ports published on the host address asked for."""
+# NVIDIA's documented limits for the Triton container (`--shm-size=1g --ulimit memlock=-1 --ulimit stack=67108864`):
+# room in /dev/shm for backends that use it, unlimited pinned memory, and the stack size the frameworks expect.
+SHM_SIZE = "1g"
+STACK_BYTES = 67108864
+
+
+def container_spec(s: ServeSettings, trt_cache: Path | None = None) -> dict[str, Any]:
+    """Keyword arguments for docker's `containers.create`: only the GPUs asked for, the repository read-only (a TensorRT
+    EP engine cache writable beside it, when a model asks for one), never privileged, as this user, ports published on
+    the host address asked for."""
+    from docker.types import Ulimit
+
+    selinux = procs.selinux_enforcing() if s.selinux is None else s.selinux
+    volumes = procs.bind(s.repo, CONTAINER_REPO, "ro", selinux)
+    if trt_cache is not None:
+        volumes.update(procs.bind(trt_cache, TRT_CACHE_IN_CONTAINER, "rw", selinux))
     return {
         "image": s.image,
         "command": ["tritonserver", f"--model-repository={CONTAINER_REPO}", "--log-verbose=0",
@@ -508,15 +708,46 @@ def container_spec(s: ServeSettings) -> dict[str, Any]:
         "name": f"{s.name}-{s.http_port}",
         "labels": {CONTAINER_LABEL: "1", f"{CONTAINER_LABEL}.url": s.url},
         "detach": True,
-        "remove": False,
         "privileged": False,
+        "user": procs.container_user(),
         "device_requests": [gpu_request(s.gpus)],
-        "volumes": {str(s.repo.resolve()): {"bind": CONTAINER_REPO, "mode": "ro"}},
+        "volumes": volumes,
         "ports": {"8000/tcp": (s.host, s.http_port), "8001/tcp": (s.host, s.grpc_port),
                   "8002/tcp": (s.host, s.metrics_port)},
-        "shm_size": "1g",
-        "ulimits": [],
+        # The host's IPC namespace, so the system shared-memory regions a client creates in the host's /dev/shm are
+        # the ones Triton opens (a private namespace has its own /dev/shm: server issues #2296, #4644).
+        "ipc_mode": "host",
+        "shm_size": SHM_SIZE,
+        "ulimits": [Ulimit(name="memlock", soft=-1, hard=-1), Ulimit(name="stack", soft=STACK_BYTES, hard=STACK_BYTES)],
     }
+
+
+def trt_cache_dir(s: ServeSettings) -> Path:
+    """The host folder for ONNX Runtime's TensorRT engines: one per image, since engines do not move across
+    TensorRT versions."""
+    return (s.cache_dir or state_dir() / "trt-cache") / re.sub(r"[^A-Za-z0-9.]+", "-", s.image).strip("-")
+
+
+def _prepare_trt_cache(s: ServeSettings, models: list[RepoModel]) -> Path | None:
+    """Create the cache folder of every model whose TensorRT EP caches engines under TRT_CACHE_IN_CONTAINER (the
+    container user may not create them in a folder it did not make); None when no model caches."""
+    from pathlib import PurePosixPath
+
+    host = trt_cache_dir(s)
+    wanted = []
+    for m in models:
+        path = m.trt_cache_path()
+        if path and PurePosixPath(path).is_relative_to(TRT_CACHE_IN_CONTAINER):
+            rel = PurePosixPath(path).relative_to(TRT_CACHE_IN_CONTAINER)
+            if ".." not in rel.parts:
+                wanted.append(host / rel)
+    for folder in wanted:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BadInput(f"cannot create the TensorRT engine cache {folder} ({exc.strerror}): pass a writable "
+                           "--cache-dir") from exc
+    return host if wanted else None
 
 
 @dataclass
@@ -563,15 +794,23 @@ class DockerServer:
                             metrics_url=s.metrics_url, started=self.started)
 
 
-def start_docker(s: ServeSettings) -> DockerServer:
+def _check_image(client: Any, image: str) -> None:
     import docker.errors
 
-    client = docker_client()
     try:
-        client.images.get(s.image)
+        client.images.get(image)
     except docker.errors.ImageNotFound as exc:
-        raise ToolMissing(f"image {s.image} is not on this host: `docker pull {s.image}` first, or pass --image") from exc
-    server = DockerServer(s, client.containers.run(**container_spec(s)))
+        raise ToolMissing(f"image {image} is not on this host: `docker pull {image}` first, or pass --image") from exc
+    except docker.errors.DockerException as exc:  # a malformed name, the daemon going away
+        raise procs.docker_error(exc, image) from exc
+
+
+def start_docker(s: ServeSettings, client: Any = None) -> DockerServer:
+    """Start the NGC image and wait until it is ready. `client`: a docker client (tests hand in a stand-in)."""
+    client = client or docker_client()
+    _check_image(client, s.image)
+    cache = _prepare_trt_cache(s, read_repository(s.repo))
+    server = DockerServer(s, procs.start_container(client, container_spec(s, cache)))
     try:
         wait_ready(s.url, s.timeout_s, server.alive, server.log)
     except BaseException:
