@@ -38,6 +38,18 @@ def test_sweep_writes_perf_analyzers_csvs(sweep: tuple[Path, object]) -> None:
     assert result.stderr == ""  # type: ignore[attr-defined]  # not a terminal: no progress bar left behind
 
 
+def test_each_batch_size_is_announced_when_it_starts(sweep: tuple[Path, object]) -> None:
+    """perf_analyzer reports a concurrency only once its windows are stable: a line says which batch size runs
+    before its first figure, and the figure's latency says it is the average."""
+    lines = sweep[1].stdout.splitlines()  # type: ignore[attr-defined]
+    for b in (1, 2, 4):
+        start = lines.index(f"batch {b}: concurrency 1..2 …")
+        live = [i for i, line in enumerate(lines) if line.strip().startswith(f"batch {b} concurrency ")]
+        assert live and start < min(live), lines
+        assert all(" infer/s, avg " in lines[i] and lines[i].endswith(" ms") for i in live), lines
+    assert "batch 16:" not in sweep[1].stdout  # type: ignore[attr-defined]  # skipped, never started
+
+
 def test_the_output_says_what_best_and_sweet_spot_mean(sweep: tuple[Path, object]) -> None:
     stdout = " ".join(sweep[1].stdout.split())  # type: ignore[attr-defined]
     assert "6 runs: batch sizes [1, 2, 4] x concurrency 1..2" in stdout
@@ -133,7 +145,7 @@ def test_apply_with_nothing_in_the_budget_fails_and_changes_nothing(triton: Trit
 def test_bad_inputs(triton: Triton, tmp_path: Path) -> None:
     url = ["--url", triton.url, "--out-dir", str(tmp_path / "o")]
     assert_one_line_error(run_cli("benchmark", "-m", "tiny", *url, "--batch-sizes", "0,2"), 2, "at least 1")
-    assert_one_line_error(run_cli("benchmark", "-m", "tiny", *url, "--batch-sizes", "64"), 2, "max batch")
+    assert_one_line_error(run_cli("benchmark", "-m", "tiny", *url, "--batch-sizes", "64"), 2, "the max batch of model 'tiny' (8)")
     assert_one_line_error(run_cli("benchmark", "-m", "nosuch", *url), 5, "nosuch")
     assert_one_line_error(run_cli("benchmark", "-m", "tiny", "--url", f"127.0.0.1:{free_ports(1)[0]}"), 4, "no Triton")
     assert_one_line_error(run_cli("benchmark", "-m", "tiny", *url, env={"TRITONCTL_PERF_ANALYZER": str(tmp_path / "none")}), 3,

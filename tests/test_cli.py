@@ -54,3 +54,38 @@ def test_status_json_without_a_server_is_still_json() -> None:
     assert result.returncode == 4
     [entry] = json.loads(result.stdout)
     assert entry["url"] == url and entry["ready"] is False and "no Triton server answers" in entry["error"]
+
+
+def test_usage_errors_are_one_line() -> None:
+    """Typer's own usage errors (a 4-5 line box) become one line like every other error, naming the command's help."""
+    from conftest import assert_one_line_error, run_cli
+
+    cases = [
+        (["detect", "video.mp4"], ["error: Missing option '--model'", "(see tritonctl detect --help)"]),
+        (["config", "--model", "m.onnx"], ["Missing option '--name'", "(see tritonctl config --help)"]),
+        (["detect", "video.mp4", "-m", "m", "--concurency", "4"], ["--concurency", "--concurrency", "tritonctl detect"]),
+        (["detect", "video.mp4", "-m", "m", "--batch", "two"], ["'--batch'", "integer", "(see tritonctl detect --help)"]),
+        (["stop", "--timeout", "soon"], ["'--timeout'", "(see tritonctl stop --help)"]),
+        (["sevre"], ["No such command 'sevre'", "(see tritonctl --help)"]),
+    ]
+    for args, words in cases:
+        result = run_cli(*args)
+        assert_one_line_error(result, 2, *words)
+        assert not result.stdout, result.stdout
+
+
+def test_no_arguments_still_show_the_help() -> None:
+    from conftest import run_cli
+
+    result = run_cli()
+    assert result.returncode == 2 and "Usage: tritonctl" in result.stdout and "serve" in result.stdout
+    assert not result.stderr
+
+
+def test_the_installed_command_goes_through_main() -> None:
+    """`tritonctl` (pyproject's script) and `python -m tritonctl.cli` (the tests) share the entry point that makes
+    usage errors one line."""
+    from conftest import ROOT
+
+    scripts = (ROOT / "pyproject.toml").read_text().split("[project.scripts]", 1)[1].split("\n[", 1)[0]
+    assert scripts.split() == ["tritonctl", "=", '"tritonctl.cli:main"']

@@ -179,7 +179,9 @@ def test_annotated_video_output(demo_triton: Triton, demo_video: Path, tmp_path:
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""  # not a terminal: no progress bar, and none of its lines left behind
     assert _video_frames(tmp_path / "out.mp4") == 60 and len(_jsonl(tmp_path / "out.jsonl")) == 60
-    assert json.loads((tmp_path / "s.json").read_text())["frames"]["inferred"] == 60
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["frames"]["inferred"] == 60 and summary["ended_by"] == "end of sources"
+    assert f"{tmp_path / 'out.mp4'} (60 frames)" in result.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "out.mp4", "s.json"]  # no partial files left
 
 
@@ -237,6 +239,7 @@ def test_ctrl_c_finalizes_files_and_accounts_for_every_frame(demo_triton: Triton
     summary = json.loads(summary_path.read_text())
     [src] = summary["sources"]
     assert summary["interrupted_by"] == sig.name and src["inferred"] == len(lines)
+    assert summary["ended_by"] == f"interrupted: {sig.name}"
     assert src["read"] == sum(src[k] for k in FRAME_COUNTS[1:])
     assert src["dropped"] == src["failed"] == src["skipped_stride"] == 0 and src["interrupted"] > 0  # a file: no drops
     assert summary["frames"] == {k: src[k] for k in FRAME_COUNTS}
@@ -270,6 +273,39 @@ def test_server_killed_and_restarted(demo_export: Path, long_video: Path, tmp_pa
     assert src["read"] == src["inferred"] + src["dropped"] == 300
     lines = _jsonl(jsonl)
     assert len(lines) == src["inferred"] and _video_frames(tmp_path / "o.mp4") == len(lines)
+
+
+@_server
+def test_a_lost_server_still_prints_and_writes_the_summary(tiny_repo: Path, tmp_path: Path) -> None:
+    """The server gone past --server-timeout exited 4 with a good line and finalized JSON Lines and video, but printed
+    no summary and wrote no --summary-json."""
+    from tritonctl.synthetic import write_video
+
+    video = tmp_path / "long.mp4"
+    write_video(video, n_frames=3000, width=64, height=48, seed=2)
+    ports = free_ports(3)
+    server = start_server(tiny_repo, ports)
+    jsonl, summary_path = tmp_path / "o.jsonl", tmp_path / "s.json"
+    proc = _start_detect([str(video), "-m", "tiny", "--url", f"127.0.0.1:{ports[0]}", "--json", str(jsonl), "--output",
+                          str(tmp_path / "o.mp4"), "--summary-json", str(summary_path), "--server-timeout", "1",
+                          "--concurrency", "1"], env={"COLUMNS": "250"})
+    try:
+        _wait_for_lines(jsonl, 20)
+        server.process.kill()  # type: ignore[attr-defined]
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        server.stop()  # type: ignore[attr-defined]
+    assert proc.returncode == 4, stderr
+    assert len(stderr.strip().splitlines()) == 1 and "no Triton endpoint answered" in stderr
+    summary = json.loads(summary_path.read_text())
+    assert summary["ended_by"].startswith("server lost: no Triton endpoint answered")
+    [src] = summary["sources"]
+    assert src["read"] == sum(src[k] for k in FRAME_COUNTS[1:]) and 20 <= src["inferred"] < 3000
+    assert len(_jsonl(jsonl)) == src["inferred"] and _video_frames(tmp_path / "o.mp4") == src["inferred"]
+    [row] = _table_rows(stdout)  # printed too, with the reason
+    assert int(row["inferred"]) == src["inferred"] and "ended by server lost" in stdout
+    assert str(summary_path) in stdout
 
 
 @_server
@@ -527,6 +563,48 @@ def test_annotated_images_are_named_after_their_inputs(triton: Triton, image_fol
                     "--output", str(tmp_path / "o.mp4"))
     assert mixed.returncode == 0, mixed.stderr
     assert _video_frames(tmp_path / "o_0.mp4") == 6 and sorted(p.name for p in (tmp_path / "o_1").iterdir()) == ["a.png", "b.png"]
+
+
+def test_image_output_inside_an_input_folder_is_refused(image_folder: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """`detect imgs --output imgs/sub` wrote annotated copies into the input folder, and a shell-expanded
+    `detect imgs/*.jpg --output imgs` wrote imgs/0/, imgs/1/ among the inputs."""
+    _refused([image_folder], "inside the input folder", output=image_folder / "sub")
+    _refused([image_folder / "a.png", image_folder / "b.png"], "inside the input folder", output=image_folder)
+    _refused([image_folder / "a.png"], "holds source images", output=image_folder)  # one image's own folder
+    result = run_cli("detect", str(image_folder), "-m", "m", "--output", str(image_folder / "sub"))
+    assert_one_line_error(result, 2, f"--output {image_folder / 'sub'} is inside the input folder {image_folder}")
+    assert sorted(p.name for p in image_folder.iterdir()) == ["a.png", "b.png", "c.jpg"]
+    DetectSettings.create(sources=[str(image_folder)], urls=[], model="m", output=tmp_path / "annotated")  # a sibling
+    monkeypatch.chdir(image_folder)
+    _refused(["a.png"], "holds source images", output=Path("."))  # `.`, the image's folder
+    # next to a single image, a new subfolder is where users put results: nothing mixes into a folder source there
+    DetectSettings.create(sources=["a.png"], urls=[], model="m", output=Path("annotated"))
+    DetectSettings.create(sources=["a.png", "b.png"], urls=[], model="m", output=Path("annotated"))
+
+
+@_server
+def test_an_unreadable_image_is_a_failed_frame_not_a_failed_source(triton: Triton, tmp_path: Path) -> None:
+    """A folder with one bad broken.jpg exited 1 ("source 0 (imgs): cannot read image imgs/broken.jpg") although the
+    other images were written; and "wrote … (1 frames)"."""
+    import cv2
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    cv2.imwrite(str(imgs / "good.png"), np.full((40, 56, 3), 90, np.uint8))
+    (imgs / "broken.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "annotated"
+    result = run_cli("detect", str(imgs), "-m", "tiny", "--url", triton.url, "--output", str(out), "--summary-json",
+                     str(tmp_path / "s.json"), env={"COLUMNS": "250"})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout.count("broken.jpg") == 1 and f"cannot read image {imgs / 'broken.jpg'}" in result.stdout
+    [row] = _table_rows(result.stdout)
+    assert (row["read"], row["inferred"], row["failed"], row["error"]) == ("2", "1", "1", "")
+    assert [p.name for p in out.iterdir()] == ["good.png"]
+    assert f"{out} (1 frame)," in result.stdout  # singular
+    [src] = json.loads((tmp_path / "s.json").read_text())["sources"]
+    assert src["failed"] == 1 and src["error"] == ""
 
 
 # ---------------------------------------------------------------- the fps stamped on annotated video

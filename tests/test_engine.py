@@ -6,6 +6,7 @@ fixtures written in the format trtexec prints (tests/fixtures).
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -98,12 +99,19 @@ def test_parse_times_rejects_other_json(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("runtime", ["local", "docker"])
-def test_cli_without_any_builder_points_to_the_local_runtime(yolo_like_onnx: Path, tmp_path: Path, runtime: str) -> None:
-    """No trtexec and no Docker engine (these machines): one line that names both and what works instead, not a
-    circle between --runtime local and --runtime docker. Nothing is written."""
+@pytest.mark.parametrize("with_fp32", [True, False])
+def test_cli_without_any_builder_points_to_the_local_runtime(yolo_like_onnx: Path, tmp_path: Path, runtime: str,
+                                                             with_fp32: bool) -> None:
+    """No trtexec and no Docker engine (these machines, where the docker CLI may well be installed): one line that
+    says what is missing as it is, and what works instead as the README does it (the FP32 export beside the FP16 one,
+    served detached), not a circle between --runtime local and --runtime docker. Nothing is written."""
+    if with_fp32:
+        shutil.copy(yolo_like_onnx, yolo_like_onnx.with_name("model_fp32.onnx"))
     result = run_cli("build-engine", "--onnx", str(yolo_like_onnx), "--runtime", runtime, "--out-dir", str(tmp_path / "e"),
                      env={"DOCKER_HOST": "unix:///nonexistent/docker.sock"})
-    assert_one_line_error(result, 3, "neither Docker nor", "trtexec", "tritonctl serve")
+    served = yolo_like_onnx.with_name("model_fp32.onnx") if with_fp32 else yolo_like_onnx
+    assert_one_line_error(result, 3, "no Docker engine answers and no trtexec is on PATH",
+                          f"tritonctl config --name NAME --model {served} && tritonctl serve --detach")
     assert "--runtime" not in result.stderr
     assert not (tmp_path / "e").exists()
 

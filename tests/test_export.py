@@ -128,30 +128,35 @@ def test_check_images_folder(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def segment_pt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def other_task_pts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Checkpoints of tasks other than detection (untrained: only their task matters)."""
     from ultralytics import YOLO
 
-    path = tmp_path_factory.mktemp("seg") / "yolov8n-seg.pt"
-    YOLO("yolov8n-seg.yaml").save(str(path))
-    return path
+    folder = tmp_path_factory.mktemp("tasks")
+    paths = {"segment": folder / "yolov8n-seg.pt", "classify": folder / "yolov8n-cls.pt"}
+    YOLO("yolov8n-seg.yaml").save(str(paths["segment"]))
+    YOLO("yolov8n-cls.yaml").save(str(paths["classify"]))
+    return paths
 
 
-def test_bad_inputs(tmp_path: Path, segment_pt: Path) -> None:
+def test_bad_inputs(tmp_path: Path, other_task_pts: dict[str, Path]) -> None:
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"\x80\x02not a checkpoint")
     text = tmp_path / "model.onnx"
     text.write_text("x")
-    out = tmp_path / "out"
+    out = tmp_path / "out" / "export"
     cases = [
         ([str(tmp_path / "missing.pt")], 2, "does not exist"),
-        ([str(corrupt)], 2, "not a checkpoint"),
+        ([str(corrupt)], 2, f"{corrupt} is not a checkpoint Ultralytics can load (UnpicklingError: "),
         ([str(text)], 2, "not a PyTorch checkpoint"),
-        ([str(segment_pt)], 2, "segment model"),
+        ([str(other_task_pts["segment"])], 5, "is a segment model"),  # README: 5 covers "not a detection model"
+        ([str(other_task_pts["classify"])], 5, "is a classify model"),
     ]
     for args, code, words in cases:
         result = run_cli("export", "--model-path", *args, "--out-dir", str(out))
         lines = result.stderr.strip().splitlines()
         assert result.returncode == code and len(lines) == 1 and words in lines[0], result.stderr
+        assert ".export-" not in lines[0] and "❌" not in lines[0] and lines[0].count("(") == lines[0].count(")"), lines[0]
+        assert not (tmp_path / "out").exists(), args  # refused or failed on its checkpoint: no folder of ours left
     unwritable = run_cli("export", "--model-path", str(DEMO_PT), "--out-dir", "/proc/tritonctl")
     assert unwritable.returncode == 2 and "cannot write" in unwritable.stderr
-    assert not out.exists() or not any(out.iterdir())  # nothing half-written

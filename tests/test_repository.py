@@ -149,6 +149,24 @@ def test_rewrite_replaces_atomically(tmp_path: Path) -> None:
     assert parse_config((repo / "m" / "config.pbtxt").read_text()).max_batch_size == 4
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_model_folders_have_the_usual_mode(tmp_path: Path, umask: int) -> None:
+    """Folders as mkdir makes them (0o777 & ~umask), first written and rewritten: not a staging folder's private 0700,
+    which would keep a server running as another user (a container, a service account) out."""
+    import os
+
+    onnx = tiny_detector(tmp_path / "m.onnx")
+    repo = tmp_path / "repo"
+    old = os.umask(umask)
+    try:
+        for max_batch in (8, 4):
+            write_model(ConfigSettings.create(name="m", model_file=onnx, repo=repo, max_batch=max_batch, preferred_batch=()))
+            for folder in (repo / "m", repo / "m" / "1"):
+                assert folder.stat().st_mode & 0o777 == 0o777 & ~umask, (folder, oct(folder.stat().st_mode))
+    finally:
+        os.umask(old)
+
+
 def test_a_checkpoint_points_to_export(tmp_path: Path) -> None:
     from conftest import assert_one_line_error
 

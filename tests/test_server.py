@@ -99,12 +99,75 @@ def test_stacked_requests_match_single(triton: object, tiny_onnx: Path) -> None:
 
 
 def test_model_that_fails_to_load(tmp_path: Path, tiny_repo: Path) -> None:
+    """Named with the meaningful line of Triton's error: not the Python backend's traceback that Triton logs after it
+    (escaped newlines, "At:", file names), nor the log's closing quote."""
     repo = tmp_path / "repo"
     shutil.copytree(tiny_repo / "tiny", repo / "broken")
     (repo / "broken" / "config.pbtxt").write_text((repo / "broken" / "config.pbtxt").read_text().replace("tiny", "broken"))
     (repo / "broken" / "1" / "model.onnx").write_bytes(b"this is not an onnx file")
     result = run_cli("serve", "--repo", str(repo), *_ports(), "--detach", "--timeout", "60")
-    assert_one_line_error(result, 5, "broken", "failed to load")
+    assert_one_line_error(result, 5, "model 'broken' (version 1) failed to load", "Protobuf parsing failed.")
+    line = result.stderr.strip()
+    assert "At:" not in line and "\\n" not in line and ".py(" not in line and line.endswith("parsing failed."), line
+
+
+def test_local_runtime_refuses_models_it_has_no_backend_for(tmp_path: Path, tiny_onnx: Path) -> None:
+    """A config written for the NGC image (onnxruntime_onnx, a plan) cannot load on the local runtime, which has only
+    the python backend: refused before anything starts, naming the model and what the local runtime runs instead."""
+    from tritonctl.repository import ConfigSettings, write_model
+
+    repo = tmp_path / "repo"
+    write_model(ConfigSettings.create(name="gpu_onnx", model_file=tiny_onnx, repo=repo, platform="onnxruntime_onnx"))
+    write_model(ConfigSettings.create(name="cpu_onnx", model_file=tiny_onnx, repo=repo))
+    t0 = time.monotonic()
+    result = run_cli("serve", "--repo", str(repo), *_ports(), "--detach")
+    assert_one_line_error(result, 2, "model 'gpu_onnx' (onnxruntime_onnx) needs Triton's onnxruntime backend",
+                          "tritonctl config --name gpu_onnx --model build/export/model_fp32.onnx --platform local_onnx")
+    assert "cpu_onnx" not in result.stderr and time.monotonic() - t0 < 30
+
+
+def test_detached_server_outlives_a_reader_that_leaves(tiny_repo: Path) -> None:
+    """`serve -d 2>&1 | grep -m1 ready`: the reader closes the pipe after the ready line. The server, ready and
+    recorded by then, stays up and `tritonctl stop` stops it; `serve` exits 0 without a word more."""
+    ports = _ports()
+    url = f"127.0.0.1:{ports[1]}"
+    proc = subprocess.Popen([*TRITONCTL, "serve", "--repo", str(tiny_repo), *ports, "--detach"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        proc.stdout.close()  # before the model table that follows the ready line
+        assert proc.wait(timeout=60) == 0
+        assert first.startswith("ready in ") and is_ready(url), first
+        server_id = _server_id(url)
+    finally:
+        proc.kill()
+        proc.wait()
+        stopped = run_cli("stop", "--url", url)
+    assert stopped.returncode == 0 and stopped.stdout.startswith("stopped in "), (stopped.stdout, stopped.stderr)
+    _assert_nothing_left(server_id, int(ports[1]))
+
+
+def test_foreground_serve_stops_its_server_when_its_reader_leaves(tiny_repo: Path) -> None:
+    """`serve | head -1`: as a Unix tool whose reader went away, it ends quietly with 141 (128 + SIGPIPE), and, being in
+    the foreground, stops its server on the way out."""
+    ports = _ports()
+    url = f"127.0.0.1:{ports[1]}"
+    proc = subprocess.Popen([*TRITONCTL, "serve", "--repo", str(tiny_repo), *ports], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert proc.stdout.readline().startswith("ready in ")
+        server_id = _server_id(url)
+        proc.stdout.close()
+        assert proc.wait(timeout=60) == 128 + signal.SIGPIPE
+        stderr = proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert stderr == "", stderr
+    assert not find_records(parse_endpoint(url), prune=False)
+    _assert_nothing_left(server_id, int(ports[1]))
 
 
 def test_port_in_use(tiny_repo: Path) -> None:
@@ -191,6 +254,18 @@ def test_diagnose_reads_tritons_own_lines() -> None:
     assert diagnose(log) == ("model 'yolo' (version 1) failed to load: Invalid argument: unexpected inference output "
                              "'out', allowed outputs are: output0")
     assert diagnose("E1125 05:00:00.000 1 server.cc:2] bind failed\n") == "bind failed"
+
+
+def test_diagnose_keeps_the_first_line_of_a_python_backend_error() -> None:
+    """Triton quotes the message and escapes its newlines; the Python backend appends the stub's traceback."""
+    log = ('E1125 21:33:03.709912 31723 model_lifecycle.cc:642] "failed to load \'shapes\' version 1: Internal: '
+           'InvalidProtobuf: Load model from /r/shapes/1/model.onnx failed:Protobuf parsing failed.\\n\\nAt:\\n  '
+           '/venv/onnxruntime_inference_collection.py(753): _create_inference_session\\n  '
+           '/work/tritonctl/cpu_runner.py(32): initialize\\n"\n')
+    assert diagnose(log) == ("model 'shapes' (version 1) failed to load: Internal: InvalidProtobuf: Load model from "
+                             "/r/shapes/1/model.onnx failed:Protobuf parsing failed.")
+    quoted = 'E1125 21:33:03.709912 1 model_lifecycle.cc:642] "failed to load \'m\' version 1: Invalid argument: x"\n'
+    assert diagnose(quoted) == "model 'm' (version 1) failed to load: Invalid argument: x"
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
@@ -335,6 +410,22 @@ def test_records_of_dead_servers_are_pruned(tmp_path: Path) -> None:
     finally:
         region.unlink(missing_ok=True)
         record.path().unlink(missing_ok=True)
+
+
+def test_status_says_when_it_forgets_a_dead_server(tmp_path: Path) -> None:
+    """A record whose server died without `stop` is dropped by `status`: said once, in yellow on stderr, not an error
+    of its own."""
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    env = {"TRITONCTL_STATE_DIR": str(tmp_path)}
+    url = f"127.0.0.1:{free_ports(1)[0]}"
+    record = ServerRecord("local", url, pid=dead.pid, server_id=procs.new_mark(), log_file=str(tmp_path / "triton.log"))
+    (tmp_path / record.path().name).write_text(json.dumps(record.__dict__))
+    first = run_cli("status", env=env)
+    said = [line for line in first.stderr.splitlines() if line.startswith("forgot")]
+    assert said == [f"forgot the server at {url}: its process is gone (log: {tmp_path / 'triton.log'})"], first.stderr
+    assert "Traceback" not in first.stderr and not list(tmp_path.glob("server-*.json"))
+    assert "forgot" not in run_cli("status", env=env).stderr
 
 
 def test_status_averages_are_weighted_across_versions() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Triton, assert_one_line_error, run_cli
+from conftest import Triton, assert_one_line_error, free_ports, run_cli
 
 from tritonctl.errors import BadInput
 from tritonctl.video import Frame, FrameQueue, parse_sources
@@ -88,6 +88,50 @@ def test_stalled_stream_is_reported_retried_and_the_run_goes_on(demo_triton: Tri
     assert video["inferred"] == 60 and video["error"] == ""  # the file finished while the stream stalled
 
 
+@pytest.mark.server
+@pytest.mark.slow
+def test_an_unreachable_stream_is_retried_while_the_video_runs(triton: Triton, demo_video: Path, tmp_path: Path) -> None:
+    """The README's own `detect video.mp4 rtsp://cam/stream …` exited 2 in 0.36 s with nothing processed when the
+    camera was down, after OpenCV's own "[ WARN:0@0.010] global cap.cpp:215 open VIDEOIO(FFMPEG) …" line."""
+    import json
+
+    stream = f"rtsp://127.0.0.1:{free_ports(1)[0]}/stream"
+    result = run_cli("detect", str(demo_video), stream, "-m", "tiny", "--url", triton.url, "--output",
+                     str(tmp_path / "out.mp4"), "--json", str(tmp_path / "out.jsonl"), "--summary-json",
+                     str(tmp_path / "s.json"), "--reconnects", "1", "--stall-timeout", "0.5")
+    assert_one_line_error(result, 1, f"source 1 ({stream})", f"cannot open stream {stream}", "after 1 reconnect")
+    assert "[ WARN" not in result.stderr
+    video, live = json.loads((tmp_path / "s.json").read_text())["sources"]
+    assert video["inferred"] == 60 and video["error"] == ""  # the file ran to its end while the stream was retried
+    assert live["read"] == 0 and live["stalls"] == 2 and live["reconnects"] == 1  # the same back-off as a stall
+    lines = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [x["frame"] for x in lines] == list(range(60)) and {x["source"] for x in lines} == {0}
+    assert (tmp_path / "out_0.mp4").is_file() and not (tmp_path / "out_1.mp4").exists()
+
+
+def test_double_star_globs_recurse(tmp_path: Path) -> None:
+    """`detect 'g/**/*.jpg'` read g/a/x.jpg and g/b/x.jpg only, not g/top.jpg nor g/a/deep/y.jpg."""
+    import cv2
+
+    names = ["top.jpg", "a/x.jpg", "b/x.jpg", "a/deep/y.jpg"]
+    for name in names:
+        (tmp_path / "g" / name).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / "g" / name), np.zeros((8, 8, 3), np.uint8))
+    [spec] = parse_sources([str(tmp_path / "g" / "**" / "*.jpg")])
+    assert sorted(spec.paths) == sorted(tmp_path / "g" / n for n in names)
+    [folder] = parse_sources([str(tmp_path / "g")])
+    assert folder.paths == [tmp_path / "g" / "top.jpg"]  # a folder source stays non-recursive
+
+
+def test_synthetic_writers_take_a_str(tmp_path: Path) -> None:
+    """write_video('video.mp4', …) raised AttributeError: 'str' object has no attribute 'parent'."""
+    from tritonctl.synthetic import write_video, write_yolo_dataset
+
+    gt = write_video(str(tmp_path / "v.mp4"), n_frames=2, width=64, height=48)
+    assert (tmp_path / "v.mp4").is_file() and gt == tmp_path / "v.mp4.gt.json"
+    assert write_yolo_dataset(str(tmp_path / "data"), 1, 1, imgsz=64).is_file()
+
+
 def test_parse_sources(tmp_path: Path, demo_video: Path) -> None:
     import cv2
 
@@ -162,10 +206,11 @@ def test_image_frames_carry_their_file(tmp_path: Path) -> None:
 
 @pytest.mark.server
 def test_a_missing_webcam_is_our_one_line_only(triton: Triton) -> None:
-    """OpenCV printed its own two warning lines (V4L2, obsensor) before ours."""
+    """OpenCV printed its own two warning lines (V4L2, obsensor) before ours. A webcam is live: it is retried like a
+    stalled one, and one that never opens is a failed source (exit 1)."""
     index = next(i for i in range(7, 64) if not Path(f"/dev/video{i}").exists())
-    result = run_cli("detect", str(index), "-m", "tiny", "--url", triton.url)
-    assert_one_line_error(result, 2, f"cannot open webcam {index}")
+    result = run_cli("detect", str(index), "-m", "tiny", "--url", triton.url, "--reconnects", "0")
+    assert_one_line_error(result, 1, f"cannot open webcam {index}")
 
 
 def test_reader_accounts_for_every_frame_it_read(demo_video: Path, tmp_path: Path) -> None:
@@ -192,4 +237,5 @@ def test_reader_accounts_for_every_frame_it_read(demo_video: Path, tmp_path: Pat
     reader = Reader(images, FrameQueue(4, "block"), threading.Event())
     reader.start()
     reader.join(10)
-    assert (reader.stats.read, reader.stats.failed) == (1, 1) and "cannot read image" in reader.stats.error
+    assert (reader.stats.read, reader.stats.failed, reader.stats.error) == (1, 1, "")  # a failed frame, not source
+    assert reader.stats.unreadable == [tmp_path / "a.png"]

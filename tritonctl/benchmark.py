@@ -249,7 +249,7 @@ def plan(s: BenchmarkSettings) -> Plan:
     limit = max(max_batch, 1)
     runnable = tuple(b for b in s.batch_sizes if b <= limit)
     if not runnable:
-        raise BadInput(f"every --batch-sizes value is above model {s.model!r}'s max batch {max_batch}")
+        raise BadInput(f"every --batch-sizes value is above the max batch of model {s.model!r} ({max_batch})")
     try:
         s.out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -279,11 +279,15 @@ def run_sweep(p: Plan, tool: PerfTool, on_start: Callable[[int], None],
     return result
 
 
+def concurrency_range(s: BenchmarkSettings) -> str:
+    """`concurrency 1..4` (`step 2`), or `concurrency 1`: what each batch size is measured over."""
+    start, end, step = s.concurrency
+    return f"concurrency {start}" if start == end else f"concurrency {start}..{end}" + (f" step {step}" if step > 1 else "")
+
+
 def explain(result: BenchmarkResult, s: BenchmarkSettings) -> list[str]:
     """What was searched, and what the marks in the table mean."""
-    start, end, step = s.concurrency
-    searched = f"concurrency {start}" if start == end else f"concurrency {start}..{end}" + (f" step {step}" if step > 1 else "")
-    runs = f"{len(result.rows)} runs: batch sizes {sorted({r.batch for r in result.rows})} x {searched}"
+    runs = f"{len(result.rows)} runs: batch sizes {sorted({r.batch for r in result.rows})} x {concurrency_range(s)}"
     return [runs, BEST_MEANS, SWEET_SPOT_MEANS]
 
 

@@ -6,10 +6,15 @@ so that `tritonctl --help` stays instant.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import json
+import os
+import signal
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,22 +34,57 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def command(fn: F) -> F:
-    """Our own errors become one red line and their exit code; Ctrl-C exits 130 without a traceback."""
+    """Our own errors become one red line and their exit code; Ctrl-C exits 130 without a traceback; a reader that
+    closes our output (`| head -1`) ends the command quietly, as it ends any Unix tool."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
-        except TritonctlError as exc:
-            from rich.markup import escape
-
-            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            err.print("[yellow]interrupted[/]")
-            raise typer.Exit(130) from None
+            try:
+                return _reported(fn, *args, **kwargs)
+            finally:
+                sys.stdout.flush()  # what print() buffered (`status --json`) fails here, not at interpreter exit
+        except BrokenPipeError:  # also when the red line itself cannot be written: stderr is the same pipe (2>&1)
+            _silence_output()
+            raise typer.Exit(EXIT_BROKEN_PIPE) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _reported(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except TritonctlError as exc:
+        from rich.markup import escape
+
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]")
+        raise typer.Exit(130) from None
+
+
+# What a shell reports for a writer killed by SIGPIPE (`yes | head -1`); Python ignores SIGPIPE and raises instead.
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+
+
+def _silence_output() -> None:
+    """Point stdout and stderr at /dev/null: what is still buffered for the closed pipe would otherwise fail again
+    when the interpreter flushes at exit ("Exception ignored … BrokenPipeError", exit 120)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # ValueError: a stream already closed or detached
+            os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+
+
+@contextlib.contextmanager
+def _reader_may_leave() -> Iterator[None]:
+    """Output that is only a report of work already done: a reader that leaves (`| grep -m1 ready`) changes nothing."""
+    try:
+        yield
+    except BrokenPipeError:
+        _silence_output()
 
 
 def _version(value: bool) -> None:
@@ -106,10 +146,7 @@ def serve(
     from rich.markup import escape
 
     from tritonctl import procs, server
-    from tritonctl.client import server_status
-    from tritonctl.endpoint import parse_endpoint
     from tritonctl.errors import ServerError
-    from tritonctl.status import render
 
     s = server.ServeSettings.create(
         runtime=runtime, repo=repo, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
@@ -124,15 +161,13 @@ def serve(
             running = server.start(s)
         record = running.record()
         record.save()
-        keep = False
+        # Ready and recorded, a detached server is `tritonctl stop`'s to end: nothing that happens to our output
+        # from here (a script reading only the ready line) may take it down.
+        keep = s.detach
         try:
-            log_path = getattr(running, "log_file", None)
-            out.print(f"[green]ready[/] in {time.monotonic() - t0:.1f} s: http {s.url}, grpc {s.grpc_url}, "
-                      f"metrics {s.metrics_url}" + (f", log {log_path}" if log_path else ""))
-            render(server_status(parse_endpoint(s.url)))
+            with _reader_may_leave() if s.detach else contextlib.nullcontext():
+                _report_ready(s, running, time.monotonic() - t0)
             if s.detach:
-                out.print("stop it with [bold]tritonctl stop[/]")
-                keep = True
                 return
             signame = _follow(running)
             stopped_elsewhere = signame is None and not record.path().exists()  # `tritonctl stop` from another shell
@@ -144,6 +179,19 @@ def serve(
         why = "; ".join(result.notes) or f"exit code {result.exit_code}"
         detail = f": {server.diagnose(running.log())}" if result.exit_code is None or result.exit_code > 0 else ""
         raise ServerError(f"Triton exited on its own ({why}){detail}")
+
+
+def _report_ready(s: Any, running: Any, seconds: float) -> None:
+    from tritonctl.client import server_status
+    from tritonctl.endpoint import parse_endpoint
+    from tritonctl.status import render
+
+    log_path = getattr(running, "log_file", None)
+    out.print(f"[green]ready[/] in {seconds:.1f} s: http {s.url}, grpc {s.grpc_url}, metrics {s.metrics_url}"
+              + (f", log {log_path}" if log_path else ""))
+    render(server_status(parse_endpoint(s.url)))
+    if s.detach:
+        out.print("stop it with [bold]tritonctl stop[/]")
 
 
 def _follow(running: Any) -> str | None:
@@ -167,6 +215,8 @@ def status(
     from tritonctl.errors import ServerError
     from tritonctl.status import render
 
+    if not url:
+        _say_forgotten(server.forget_dead())
     urls = [parse_endpoint(url).url] if url else [r.url for r in server.records()] or ["127.0.0.1:8000"]
     results, errors = _query_all(urls)
     if as_json:  # always JSON for scripts: a server that does not answer is an entry with its error
@@ -180,6 +230,16 @@ def status(
     if not results:  # nothing answered: the exit code says so, one line says why
         raise ServerError(errors[urls[0]] if len(urls) == 1 else
                           "no server that `tritonctl serve` started is answering: start one, or pass --url")
+
+
+def _say_forgotten(records: list[Any]) -> None:
+    """A server that died without `tritonctl stop` is forgotten here, once: said, since its record disappears."""
+    from rich.markup import escape
+
+    for r in records:
+        log = f" (log: {r.log_file})" if r.log_file else ""
+        err.print(f"[yellow]forgot the server at {escape(r.url)}: its process is gone{escape(log)}[/]", highlight=False,
+                  soft_wrap=True)
 
 
 def _query_all(urls: list[str]) -> tuple[list[Any], dict[str, str]]:
@@ -386,12 +446,15 @@ def detect(
         realtime=realtime, vid_stride=vid_stride, post=post, output=output, json_path=json_out,
         summary_json=summary_json, show=show, server_timeout_s=server_timeout, stall_timeout_s=stall_timeout,
         reconnects=reconnects)
-    summary = det.run_detect(settings, progress=out)
+    outcome = det.execute(settings, progress=out)
+    summary = outcome.summary
     det.render_summary(summary)
-    written = [f"{w['path']} ({w['frames']} frames)" for w in summary["written"]]
+    written = [f"{w['path']} ({w['frames']} frame{'' if w['frames'] == 1 else 's'})" for w in summary["written"]]
     written += [str(settings.summary_json)] if settings.summary_json is not None else []
     if written:
         out.print("wrote " + ", ".join(written), highlight=False, markup=False, soft_wrap=True)
+    if outcome.error is not None:  # the server lost mid-run: after its summary, its own line and exit code
+        raise outcome.error
     failed = [s for s in summary["sources"] if s["error"]]
     if failed:
         from tritonctl.errors import TritonctlError
@@ -478,20 +541,24 @@ def _doctor(perf: Any) -> None:
 def _sweep(bm: Any, prepared: Any, tool: Any) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    from tritonctl.benchmark import concurrency_range
     from tritonctl.perf import live_figure
 
+    searched = concurrency_range(prepared.settings)
     # A progress bar is for a terminal: elsewhere (CI logs, pipes) Rich would leave its last frame as a stray line.
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[live]}"),
                   console=err, transient=True, disable=not err.is_terminal) as progress:
         task = progress.add_task("perf_analyzer", total=len(prepared.runnable), live="")
 
         def on_start(b: int) -> None:
+            # Said when a batch size starts: perf_analyzer reports a concurrency only once its windows are stable.
+            out.print(f"batch {b}: {searched} …", highlight=False)
             progress.update(task, description=f"batch {b}", completed=prepared.runnable.index(b))
 
         def on_line(b: int, line: str) -> None:
             fig = live_figure(line)
             if fig:
-                out.print(f"  batch {b} concurrency {fig[0]}: {fig[1]:.1f} infer/s, {fig[2]:.2f} ms")
+                out.print(f"  batch {b} concurrency {fig[0]}: {fig[1]:.1f} infer/s, avg {fig[2]:.2f} ms", highlight=False)
                 progress.update(task, live=f"c{fig[0]}: {fig[1]:.0f} infer/s")
 
         result = bm.run_sweep(prepared, tool, on_start, on_line)
@@ -575,8 +642,65 @@ def config(
                   f"{name!r}: tritonctl stop --url {record.url} && tritonctl serve --repo {repo} --detach")
 
 
-def main() -> None:
-    app()
+def main(args: list[str] | None = None) -> None:
+    """The entry point (`tritonctl`, `python -m tritonctl.cli`). Typer runs without its own error handling, whose usage
+    errors are a 4-5 line box: here they are one line, as every other error is."""
+    click_error, usage_error = _click_errors()
+    _broken_pipes_raise()
+    try:
+        code = app(args=args, prog_name="tritonctl", standalone_mode=False)
+    except usage_error as exc:
+        if type(exc).__name__ != "NoArgsIsHelpError":  # that one has printed the help already
+            _error_line(_one_line(exc), f" (see {_command_path(exc)} --help)")
+        sys.exit(2)
+    except click_error as exc:
+        _error_line(_one_line(exc))
+        sys.exit(int(getattr(exc, "exit_code", 1)))
+    sys.exit(code if isinstance(code, int) else 0)  # without standalone mode, typer returns what ended the command
+
+
+def _broken_pipes_raise() -> None:
+    """Rich answers a closed pipe by exiting 1 on the spot (`Console.on_broken_pipe`, the hook it documents for
+    overriding): that would skip `serve`'s rule that a recorded detached server outlives its output, and `command`'s
+    exit code. Here its consoles raise BrokenPipeError instead, which those two handle."""
+    from rich.console import Console
+
+    def on_broken_pipe(console: Console) -> None:
+        console.quiet = True  # whatever else it is asked to print goes nowhere
+        raise BrokenPipeError(errno.EPIPE, "the reader of our output went away")
+
+    setattr(Console, "on_broken_pipe", on_broken_pipe)  # noqa: B010  (mypy refuses assigning to a method)
+
+
+def _click_errors() -> tuple[type[Exception], type[Exception]]:
+    """(ClickException, UsageError): typer 0.29 vendors click as `typer._click` and exports neither; older typer
+    releases (pyproject allows 0.12+) use click itself."""
+    try:
+        from typer._click import exceptions
+    except ImportError:
+        from click import exceptions  # type: ignore[no-redef]
+    return exceptions.ClickException, exceptions.UsageError
+
+
+def _one_line(exc: Exception) -> str:
+    format_message = getattr(exc, "format_message", None)
+    return " ".join(str(format_message() if format_message else exc).split())
+
+
+def _command_path(exc: Exception) -> str:
+    """`tritonctl detect`: the command as the user typed it, also under `python -m tritonctl.cli`."""
+    names: list[str] = []
+    ctx = getattr(exc, "ctx", None)
+    while ctx is not None and ctx.parent is not None:
+        names.insert(0, ctx.info_name)
+        ctx = ctx.parent
+    return " ".join(["tritonctl", *names])
+
+
+def _error_line(message: str, hint: str = "") -> None:
+    from rich.markup import escape
+
+    err.print(f"[bold red]error:[/] {escape(message)}{escape(hint)}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

@@ -107,6 +107,34 @@ def check_outputs(s: DetectSettings) -> None:
         if other := next((taken[k] for k in keys if k in taken), None):
             raise BadInput(f"{flag} {path} is also written by {other}: give each output its own file name")
         taken.update(dict.fromkeys(keys, f"{flag} {folder or path}"))
+    _check_outside_inputs(s)
+
+
+def _check_outside_inputs(s: DetectSettings) -> None:
+    """Annotated images never go into an input folder (a source folder or a glob's folders, itself or below: the next
+    run over it, or a `**` glob, would read them as inputs), nor straight into the folder of a single source image;
+    a subfolder next to a single image (`photo.jpg --output annotated/`) is fine."""
+    below: dict[Path, Path] = {}
+    at: dict[Path, Path] = {}
+    for src in s.sources:
+        if src.kind != "images":
+            continue
+        uri = Path(src.uri)
+        if uri.is_file():
+            at[uri.resolve().parent] = uri.parent
+        else:  # a folder, or a glob
+            below.update({f.resolve(): f for f in [*([uri] if uri.is_dir() else []), *(p.parent for p in src.paths)]})
+    specs = {src.id: src for src in s.sources}
+    for sid, target in s.output_targets().items():
+        if specs[sid].kind != "images":
+            continue
+        where = target.resolve()
+        named = s.output.resolve() if s.output is not None else where  # several sources: <named>/<id>/ per source
+        inside = next((shown for folder, shown in below.items() if where.is_relative_to(folder)), None)
+        inside = inside if inside is not None else at.get(where, at.get(named))
+        if inside is not None:
+            raise BadInput(f"--output {s.output} is inside the input folder {inside or '.'}: the annotated images would "
+                           "mix with your inputs; choose a folder outside it, e.g. a sibling")
 
 
 def _planned_files(s: DetectSettings) -> list[tuple[str, Path, Path | None]]:
@@ -304,11 +332,14 @@ class Worker(threading.Thread):
         t0 = time.perf_counter()
         boxes = [self.pre(frame.image, row=k) for k, (_, frame) in enumerate(frames)]
         t1 = time.perf_counter()
-        output, endpoint = self._infer(len(frames))
+        try:
+            output, endpoint = self._infer(len(frames))
+        except BaseException:  # the server lost: these frames are accounted for, and the ones after them emitted
+            self._interrupted(frames)
+            raise
         t2 = time.perf_counter()
         if output is None:
-            for seq, frame in frames:
-                r.emit(Result(seq, frame, None, {}))
+            self._interrupted(frames)
             return
         dets = decode(output, r.info.layout, r.settings.post)
         for det, box in zip(dets, boxes, strict=True):
@@ -318,6 +349,10 @@ class Worker(threading.Thread):
             timings = {"decode": frame.decode_s, "preprocess": (t1 - t0) / len(frames), "queue": t0 - frame.read_at,
                        "round_trip": t2 - t1, "postprocess": (t3 - t2) / len(frames)}
             r.emit(Result(seq, frame, det, timings, endpoint))
+
+    def _interrupted(self, frames: list[tuple[int, Frame]]) -> None:
+        for seq, frame in frames:
+            self.run_.emit(Result(seq, frame, None, {}))
 
     def _infer(self, n: int) -> tuple[np.ndarray | None, str]:
         """Infer on a healthy endpoint, failing over and waiting with back-off while all are down.
@@ -362,7 +397,7 @@ class Detection:
         self.stats = RunStats()
         max_batch = info.max_batch or 1
         if settings.batch > max_batch:
-            raise BadInput(f"--batch {settings.batch} exceeds model {info.name!r}'s max batch {max_batch}")
+            raise BadInput(f"--batch {settings.batch} exceeds the max batch of model {info.name!r} ({max_batch})")
         self.batch = settings.batch
         self.concurrency = settings.concurrency or max(2, min(8, max_batch // 2))
         self.pool = EndpointPool(settings.endpoints)
@@ -376,6 +411,8 @@ class Detection:
         self._emit_lock = threading.Lock()
         self.down_s = 0.0
         self.written: list[tuple[Path, int]] = []  # (file or image folder, frames in it), once the sinks are closed
+        self.error: BaseException | None = None  # what ended the run early (a worker's), once run() returns
+        self.server_delta: dict[str, float] = {}
 
     def _policy(self, spec: SourceSpec) -> str:
         realtime = self.settings.realtime if self.settings.realtime is not None else spec.live
@@ -416,7 +453,11 @@ class Detection:
         return workers
 
     def run(self, open_sinks: Callable[[Detection], list[Any]] = lambda run: []) -> RunStats:
-        """Make the workers, then the sinks (so a failure in either leaves no file or region behind), then stream."""
+        """Make the workers, then the sinks (so a failure in either leaves no file or region behind), then stream.
+
+        A failure while streaming (the server lost, a sink that cannot write) ends the run with its files finalized and
+        its statistics complete; it is kept in `error` (so the summary can still account for what was done), then
+        raised like a failure before streaming."""
         workers: list[Worker] = []
         try:
             workers = self._make_workers()
@@ -436,11 +477,12 @@ class Detection:
                     w.join(0.2)
         finally:
             self._finish(workers)
-        errors = [w.error for w in workers if w.error is not None]
-        if errors:
-            raise errors[0]
+        self.error = next((w.error for w in workers if w.error is not None), None)
         self.stats.per_endpoint = {k: v for k, v in self.stats.per_endpoint.items() if k}
-        self.server_delta = self._delta(before, self._server_stats())
+        if not isinstance(self.error, ServerError):  # a lost server has no statistics to give
+            self.server_delta = self._delta(before, self._server_stats())
+        if self.error is not None:
+            raise self.error
         return self.stats
 
     def _finish(self, workers: list[Worker]) -> None:
@@ -530,12 +572,32 @@ FRAME_COUNTS_NOTE = ("read = inferred + skipped (--vid-stride) + dropped (live `
                      "+ interrupted (stopped before inference) + failed (could not be decoded)")
 
 
+def _unreadable(spec: SourceSpec, failed: int, names: list[Path]) -> str:
+    """One problem line per source naming the images that could not be decoded (the first few; the rest counted)."""
+    listed = ", ".join(str(p) for p in names)
+    more = f" and {failed - len(names)} more" if failed > len(names) else ""
+    what = "image" if failed == 1 else f"{failed} images"
+    return f"source {spec.id} ({spec.uri}): cannot read {what} {listed}{more} (counted failed)"
+
+
+def ended_by(run: Detection, signal_name: str | None) -> str:
+    """Why the run stopped, for the summary: every ending writes one."""
+    if run.error is not None:
+        what = "server lost" if isinstance(run.error, ServerError) else "error"
+        ours = isinstance(run.error, TritonctlError)  # our messages stand alone; anything else is named by its type
+        return f"{what}: {run.error if ours else f'{type(run.error).__name__}: {run.error}'}"
+    return f"interrupted: {signal_name}" if signal_name else "end of sources"
+
+
 def summarize(run: Detection) -> dict[str, Any]:
     st = run.stats
     wall = max(st.finished - st.started, 1e-9)
     sources = []
+    unreadable = []
     for spec, reader, q in zip(run.settings.sources, run.readers, run.queues, strict=True):
         rs = reader.stats
+        if rs.unreadable:
+            unreadable.append(_unreadable(spec, rs.failed, rs.unreadable))
         sources.append({
             "id": spec.id, "uri": spec.uri, "kind": spec.kind, "policy": q.policy, "read": rs.read,
             "inferred": st.inferred.get(spec.id, 0), "skipped_stride": rs.skipped_stride, "dropped": q.dropped,
@@ -550,16 +612,17 @@ def summarize(run: Detection) -> dict[str, Any]:
         "frames": {k: sum(s[k] for s in sources) for k in FRAME_COUNTS},
         "sources": sources,
         "latency_ms": {k: _percentiles(v) for k, v in st.stages.items()},
-        "server": getattr(run, "server_delta", {}),
+        "server": run.server_delta,
         "requests": st.requests, "retries": st.retries, "all_down_s": run.down_s,
         "bytes_sent": st.bytes_sent, "bytes_sent_per_frame": st.bytes_sent / inferred if inferred else 0.0,
         "per_endpoint": st.per_endpoint,
-        "problems": st.problems + ([f"{st.problems_dropped} more problem reports"] if st.problems_dropped else []),
+        "problems": unreadable + st.problems + ([f"{st.problems_dropped} more problem reports"] if st.problems_dropped else []),
         "written": [{"path": str(path), "frames": n} for path, n in run.written],
     }
 
 
 def render_summary(summary: dict[str, Any]) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     from tritonctl.ui import console
@@ -583,9 +646,13 @@ def render_summary(summary: dict[str, Any]) -> None:
         lat.add_row("server queue (avg)", "", "", "", f"{server['queue_ms']:.2f}")
         lat.add_row("server compute (avg)", "", "", "", f"{server['compute_ms']:.2f}")
     con.print(lat)
-    if summary["retries"] or summary["problems"]:
-        con.print(f"[yellow]retries {summary['retries']}, endpoints down up to {summary['all_down_s']:.1f} s"
-                      f"{'; ' + '; '.join(summary['problems']) if summary['problems'] else ''}[/]")
+    warnings = [f"retries {summary['retries']}, endpoints down up to {summary['all_down_s']:.1f} s"] \
+        if summary["retries"] else []
+    warnings += summary["problems"]
+    if summary.get("ended_by", "end of sources") != "end of sources":
+        warnings.append(f"ended by {summary['ended_by']}")
+    if warnings:
+        con.print(f"[yellow]{escape('; '.join(warnings))}[/]", soft_wrap=True)
 
 
 # ---------------------------------------------------------------- one run, end to end
@@ -612,8 +679,23 @@ def open_sinks(settings: DetectSettings, run: Detection) -> list[Any]:
     return sinks
 
 
+@dataclass
+class DetectOutcome:
+    summary: dict[str, Any]  # written to --summary-json whatever ended the run; `ended_by` says what did
+    error: BaseException | None  # what ended the run early (the server lost, a sink that cannot write), or None
+
+
 def run_detect(settings: DetectSettings, progress: Any = None) -> dict[str, Any]:
-    """Check the server and model, start everything, stop cleanly on Ctrl-C/SIGTERM, return the summary."""
+    """execute(), raising what ended the run early once its summary is written."""
+    outcome = execute(settings, progress)
+    if outcome.error is not None:
+        raise outcome.error
+    return outcome.summary
+
+
+def execute(settings: DetectSettings, progress: Any = None) -> DetectOutcome:
+    """Check the server and model, start everything, stop cleanly on Ctrl-C/SIGTERM or a lost server, and return the
+    summary (also written to --summary-json) with what ended the run. A failure before streaming starts is raised."""
     import signal
 
     info = check_server(settings)
@@ -629,19 +711,24 @@ def run_detect(settings: DetectSettings, progress: Any = None) -> dict[str, Any]
     try:
         with _live_progress(run, progress):
             run.run(lambda r: open_sinks(settings, r))
+    except BaseException as exc:
+        if exc is not run.error:
+            raise  # before streaming started (workers, sinks): nothing ran, nothing to summarize
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     summary = summarize(run)
-    if interrupted:
-        summary["interrupted_by"] = signal.Signals(interrupted[0]).name
+    signal_name = signal.Signals(interrupted[0]).name if interrupted else None
+    if signal_name:
+        summary["interrupted_by"] = signal_name
+    summary["ended_by"] = ended_by(run, signal_name)
     if settings.summary_json is not None:
         import json
 
         tmp = partial_path(settings.summary_json)
         tmp.write_text(json.dumps(summary, indent=2))
         os.replace(tmp, settings.summary_json)
-    return summary
+    return DetectOutcome(summary, run.error)
 
 
 class _live_progress:

@@ -407,9 +407,17 @@ def check_builder(s: EngineSettings) -> None:
     if local or docker:
         missing = "no trtexec on PATH" if s.runtime == "local" else "no Docker engine answers"
         raise ToolMissing(f"--runtime {s.runtime} cannot build here ({missing}); --runtime {'local' if local else 'docker'} can")
-    raise ToolMissing("neither Docker nor TensorRT's trtexec is on this host: a TensorRT engine is built on a GPU host. "
-                      f"Without one, serve the ONNX on the local runtime: tritonctl config --name NAME --model {s.onnx} "
-                      "&& tritonctl serve")
+    # "Docker" alone would be wrong where the docker CLI is installed and only its engine is missing.
+    raise ToolMissing("no Docker engine answers and no trtexec is on PATH: a TensorRT engine is built on a GPU host. "
+                      f"Without one, serve the FP32 ONNX on the local runtime: tritonctl config --name NAME --model "
+                      f"{_cpu_onnx(s.onnx)} && tritonctl serve --detach")
+
+
+def _cpu_onnx(onnx: Path) -> Path:
+    """What the local runtime should serve: the FP32 export beside the FP16 one when there is one (ONNX Runtime
+    computes FP32 faster than FP16 on a CPU; README)."""
+    fp32 = onnx.with_name("model_fp32.onnx")
+    return fp32 if fp32.is_file() else onnx
 
 
 def _failed(code: int, summary: TrtexecSummary, log_file: Path) -> ModelError:

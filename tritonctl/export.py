@@ -8,6 +8,8 @@ needed), stamp our metadata into both, and check FP16 against FP32 (parity.py).
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import tempfile
 import time
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tritonctl.errors import BadInput
+from tritonctl.errors import BadInput, ModelError
 from tritonctl.metadata import ModelMeta, tensors_of
 from tritonctl.parity import ParityTolerance
 
@@ -70,12 +72,44 @@ class ExportSettings:
 
 
 def _check_writable(folder: Path) -> None:
+    """Asked of the folder, or of its nearest existing parent, without creating anything: an export refused here, or
+    failing on its checkpoint, leaves no empty --out-dir behind."""
+    existing = _nearest_existing(folder)
+    if not existing.is_dir():
+        raise BadInput(f"cannot write to --out-dir {folder} ({existing} is not a folder): pick a writable folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BadInput(f"cannot write to --out-dir {folder} (permission denied on {existing}): pick a writable folder")
+
+
+def _nearest_existing(folder: Path) -> Path:
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return folder
+
+
+def _make_out_dir(folder: Path) -> Path | None:
+    """Create --out-dir; returns the topmost folder this created (None: it existed), for `_remove_made`."""
+    top = _nearest_existing(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
     except OSError as exc:
         raise BadInput(f"cannot write to --out-dir {folder} ({exc.strerror}): pick a writable folder") from exc
+    if top == folder:
+        return None
+    return next(p for p in [folder, *folder.parents] if p.parent == top)
+
+
+def _remove_made(folder: Path, top: Path | None) -> None:
+    """Remove the folders `_make_out_dir` created, as long as they are empty (a failed export wrote nothing there)."""
+    if top is None:
+        return
+    for path in [folder, *folder.parents]:
+        try:
+            path.rmdir()
+        except OSError:  # not empty, or gone
+            return
+        if path == top:
+            return
 
 
 @dataclass
@@ -94,12 +128,27 @@ def load_checkpoint(path: Path, shown_as: Path | None = None) -> Any:
 
         model = YOLO(str(path))
     except Exception as exc:
-        raise BadInput(f"{shown} is not a checkpoint Ultralytics can load ({exc.__class__.__name__}: "
-                       f"{str(exc).splitlines()[0][:160] if str(exc) else 'no detail'})") from exc
+        raise BadInput(f"{shown} is not a checkpoint Ultralytics can load ({_root_cause(exc, path, shown)})") from exc
     if model.task not in SUPPORTED_TASKS:
-        raise BadInput(f"{shown.name} is a {model.task} model: tritonctl exports detection models only "
-                       f"(YOLOv5u/v8/v9/v10/11 detect)")
+        raise ModelError(f"{shown.name} is a {model.task} model: tritonctl exports detection models only "
+                         f"(YOLOv5u/v8/v9/v10/11 detect)")
     return model
+
+
+# Ultralytics' own messages start with "ERROR ❌️" (emoji included): its wording, not the cause.
+_ULTRALYTICS_PREFIX = re.compile(r"^\s*ERROR\W*\s")
+
+
+def _root_cause(exc: BaseException, loaded: Path, shown: Path) -> str:
+    """`Class: first line` of the innermost exception (what Ultralytics wraps), naming the user's file, not the copy
+    in our temp folder."""
+    root, seen = exc, {id(exc)}
+    while (inner := root.__cause__ or root.__context__) is not None and id(inner) not in seen:
+        root = inner
+        seen.add(id(inner))
+    text = (str(root).strip().splitlines() or ["no detail"])[0]
+    text = _ULTRALYTICS_PREFIX.sub("", text.replace(str(loaded), str(shown)).replace(str(loaded.parent), str(shown.parent)))
+    return f"{type(root).__name__}: {text if len(text) <= 160 else text[:159] + '…'}"
 
 
 def _pin_spatial_axes(model: Any, imgsz: tuple[int, int], dynamic: bool) -> None:
@@ -203,6 +252,15 @@ def _sha256(path: Path) -> str:
 
 
 def export(s: ExportSettings, progress: Callable[[str, float], None] = lambda step, secs: None) -> ExportResult:
+    made = _make_out_dir(s.out_dir)
+    try:
+        return _export(s, progress)
+    except BaseException:
+        _remove_made(s.out_dir, made)
+        raise
+
+
+def _export(s: ExportSettings, progress: Callable[[str, float], None]) -> ExportResult:
     result = ExportResult()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=s.out_dir, prefix=".export-") as tmp:

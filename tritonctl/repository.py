@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -254,6 +254,14 @@ def _keep_foreign_files(old: Path, staging: Path) -> None:
             shutil.copy2(path, dest, follow_symlinks=False)
 
 
+def _staging_folder(repo: Path, name: str) -> Path:
+    """A new folder to build the model in, renamed into place at the end. Made with mkdir, not mkdtemp: it becomes
+    the model folder, which should have the usual mode (0o777 & ~umask), not mkdtemp's private 0700."""
+    staging = repo / f".{name}.{secrets.token_hex(8)}"
+    staging.mkdir()
+    return staging
+
+
 def write_model(settings: ConfigSettings) -> Path:
     """Write <repo>/<name>/{config.pbtxt, labels.txt, model.json, 1/<model file>} all at once, keeping the files of the
     folder it did not write; returns the model folder."""
@@ -262,7 +270,7 @@ def write_model(settings: ConfigSettings) -> Path:
     cfg = build_config(settings, meta)
     try:
         settings.repo.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{settings.name}.", dir=settings.repo))
+        staging = _staging_folder(settings.repo, settings.name)
     except OSError as exc:
         raise BadInput(f"cannot write to the repository {settings.repo} ({exc.strerror}): pick a writable --repo") from exc
     try:

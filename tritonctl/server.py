@@ -157,12 +157,19 @@ def diagnose(log: str) -> str:
     for line in log.splitlines():
         m = _LOAD_FAILURE.search(line) or _TABLE_ROW.search(line.strip())
         if m:
-            return f"model '{m.group(1)}' (version {m.group(2)}) failed to load: {m.group(3).strip()}"
+            return f"model '{m.group(1)}' (version {m.group(2)}) failed to load: {_first_line(m.group(3))}"
     errors = [ln for ln in log.splitlines() if re.match(r"^E\d{4}", ln) and not any(b in ln for b in _BENIGN)]
     if errors:
-        return errors[-1].split("] ", 1)[-1]
+        return _first_line(errors[-1].split("] ", 1)[-1])
     tail = [ln for ln in log.splitlines() if ln.strip()]
     return tail[-1] if tail else "no log output"
+
+
+def _first_line(message: str) -> str:
+    """Triton logs a message in quotes with its newlines escaped; a Python backend's error carries the stub's
+    traceback after "\\n\\nAt:". What the user needs is its first line, without the quotes."""
+    text = message.replace("\\n", "\n").replace('\\"', '"')
+    return text.split("\n", 1)[0].strip().strip('"').strip()
 
 
 def wait_ready(url: str, timeout_s: float, alive: Callable[[], bool], log: Callable[[], str]) -> None:
@@ -355,7 +362,23 @@ class ServerRecord:
 
 def records(prune: bool = True) -> list[ServerRecord]:
     """The servers `serve` started. `prune`: forget local servers that died without `stop`, cleaning up after them."""
-    out = []
+    if prune:
+        forget_dead()
+    return _read_records()
+
+
+def forget_dead() -> list[ServerRecord]:
+    """Forget the recorded servers whose process is gone (died without `stop`), removing what they left (stubs, shared
+    memory regions); returns them, so that the caller can say so."""
+    dead = [r for r in _read_records() if not r.running()]
+    for record in dead:
+        _stop_local_record(record, timeout_s=5, settle_s=0)  # only leftovers remain
+        record.forget()
+    return dead
+
+
+def _read_records() -> list[ServerRecord]:
+    found = []
     for p in sorted(state_dir().glob("server-*.json")):
         try:
             record = ServerRecord(**json.loads(p.read_text()))
@@ -363,12 +386,8 @@ def records(prune: bool = True) -> list[ServerRecord]:
         except (ValueError, TypeError, BadInput):
             p.unlink(missing_ok=True)  # a record we cannot read points at nothing we can stop
             continue
-        if prune and not record.running():
-            _stop_local_record(record, timeout_s=5, settle_s=0)  # only leftovers remain: stubs, shm regions
-            p.unlink(missing_ok=True)
-            continue
-        out.append(record)
-    return out
+        found.append(record)
+    return found
 
 
 def same_server(a: Endpoint, b: Endpoint) -> bool:
@@ -664,9 +683,35 @@ def check_docker(s: ServeSettings, models: list[RepoModel], gpus: list[HostGpu] 
     return check_host(s.image, _container_gpus(gpus or [], s.gpus)) + engine_warnings(models, s.image)
 
 
+# The backend each platform runs on (Triton's model configuration); a platform not named here (an ensemble) needs none.
+PLATFORM_BACKENDS = {"tensorrt_plan": "tensorrt", "onnxruntime_onnx": "onnxruntime", "pytorch_libtorch": "pytorch",
+                     "tensorflow_graphdef": "tensorflow", "tensorflow_savedmodel": "tensorflow"}
+
+
+def check_local_models(models: list[RepoModel], backends: set[str]) -> None:
+    """The local runtime has only the backends the nvidia-pytriton wheel bundles (python): a model written for the
+    NGC image would fail to load only after the server started ("unable to find backend library for backend …")."""
+    needs = {m.name: (m.platform, m.config.backend or PLATFORM_BACKENDS.get(m.config.platform, "")) for m in models}
+    lacking = {name: pair for name, pair in needs.items() if pair[1] and pair[1] not in backends}
+    if not lacking:
+        return
+    names = ", ".join(f"'{name}' ({platform})" for name, (platform, _) in lacking.items())
+    wanted = ", ".join(sorted({backend for _, backend in lacking.values()}))
+    name = next(iter(lacking)) if len(lacking) == 1 else "NAME"
+    raise BadInput(f"model {names} needs Triton's {wanted} backend, which the local runtime does not have (it has "
+                   f"{', '.join(sorted(backends)) or 'none'}): the local runtime runs local_onnx (the CPU runner): "
+                   f"tritonctl config --name {name} --model build/export/model_fp32.onnx --platform local_onnx; or serve "
+                   "it with --runtime docker on a GPU host")
+
+
 def preflight(s: ServeSettings) -> list[str]:
-    """`check_docker` with this host's GPUs (nvidia-smi); nothing to check for the local runtime."""
-    if s.runtime != "docker":
+    """Before anything starts: the local runtime's backends against the models; for docker, `check_docker` with this
+    host's GPUs (nvidia-smi)."""
+    if s.runtime == "local":
+        from tritonctl.runtime import find_local_runtime
+
+        backend_dir = find_local_runtime().backend_dir
+        check_local_models(read_repository(s.repo), {p.name for p in backend_dir.iterdir() if p.is_dir()})
         return []
     remote = os.environ.get("DOCKER_HOST", "").startswith(("tcp://", "ssh://"))  # its GPUs are not this host's
     return check_docker(s, read_repository(s.repo), None if remote else host_gpus())

@@ -2,7 +2,7 @@
 Lines, a window. Each file is written under a temporary name and moved into place when it is complete (images: one by
 one; videos and JSON Lines: when the run ends, normally, on Ctrl-C or on an error), so a finished name is never partial.
 
-JSON Lines schema (one line per inferred frame, in order):
+JSON Lines schema (one line per inferred frame; in frame order within a source, sources interleaved in no set order):
   {"source": 0, "uri": "video.mp4", "frame": 12, "timestamp": 0.4,
    "detections": [{"x1": 10.5, "y1": 20.0, "x2": 110.0, "y2": 220.0, "score": 0.91, "class_id": 2, "class": "triangle"}]}
 Coordinates are pixels of the source frame; timestamp is seconds into the file, or since the start for live sources.

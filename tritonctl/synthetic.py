@@ -152,9 +152,11 @@ def random_scene(rng: np.random.Generator, spec: SceneSpec) -> tuple[np.ndarray,
     return render(bg, random_shapes(rng, spec, bg))
 
 
-def write_yolo_dataset(root: Path, n_train: int, n_val: int, imgsz: int = 256, seed: int = 0) -> Path:
+def write_yolo_dataset(root: str | Path, n_train: int, n_val: int, imgsz: int = 256, seed: int = 0) -> Path:
     """Write an Ultralytics dataset (images, labels, data.yaml) and return the yaml's path."""
     import cv2
+
+    root = Path(root)
 
     rng = np.random.default_rng(seed)
     for split, count in (("train", n_train), ("val", n_val)):
@@ -197,10 +199,12 @@ def video_frames(
                 s.vy = -s.vy
 
 
-def write_video(path: Path, n_frames: int = 60, width: int = 640, height: int = 360, fps: float = 30.0, seed: int = 0) -> Path:
+def write_video(path: str | Path, n_frames: int = 60, width: int = 640, height: int = 360, fps: float = 30.0,
+                seed: int = 0) -> Path:
     """Write an MP4 and `<path>.gt.json` (per-frame ground-truth boxes); returns the ground-truth path."""
     import cv2
 
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), fps, (width, height))
     if not writer.isOpened():

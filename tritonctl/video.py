@@ -10,6 +10,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,8 @@ def parse_sources(uris: list[str]) -> list[SourceSpec]:
         elif uri.lower().startswith(LIVE_PREFIXES):
             specs.append(SourceSpec(i, uri, "stream"))
         elif any(c in uri for c in "*?["):
-            paths = sorted(Path(p) for p in glob.glob(uri) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
+            # `**` matches any depth, as in a shell with globstar; a folder source, by contrast, reads only its own files.
+            paths = sorted(Path(p) for p in glob.glob(uri, recursive=True) if Path(p).suffix.lower() in IMAGE_SUFFIXES)
             if not paths:
                 raise BadInput(f"no images match {uri!r}")
             specs.append(SourceSpec(i, uri, "images", paths))
@@ -131,6 +133,7 @@ class SourceStats:
     skipped_stride: int = 0
     interrupted: int = 0  # read, then the run stopped before the frame could be queued
     failed: int = 0  # images that could not be decoded
+    unreadable: list[Path] = field(default_factory=list)  # the first UNREADABLE_KEPT of them, named in the summary
     stalls: int = 0
     reconnects: int = 0
     error: str = ""
@@ -139,9 +142,12 @@ class SourceStats:
     size: tuple[int, int] = (0, 0)  # width, height
 
 
+UNREADABLE_KEPT = 5  # image files named per source when they cannot be decoded; later ones are only counted
+
+
 class Reader(threading.Thread):
-    """Decodes one source into its queue. A live source that stops sending is reported stalled and reopened with
-    back-off; the run goes on with the other sources meanwhile."""
+    """Decodes one source into its queue. A live source that stops sending, or cannot be opened at all, is reported
+    stalled and reopened with back-off; the run goes on with the other sources meanwhile."""
 
     def __init__(self, spec: SourceSpec, queue: FrameQueue, stop: threading.Event, vid_stride: int = 1,
                  stall_timeout_s: float = 5.0, max_reconnects: int = 5) -> None:
@@ -150,9 +156,13 @@ class Reader(threading.Thread):
         self.vid_stride, self.stall_timeout_s, self.max_reconnects = vid_stride, stall_timeout_s, max_reconnects
         self.stats = SourceStats()
         self._capture: Any = None
+        self._opened = False  # a live source that never opened gives up with "cannot open", not "stalled"
         if spec.kind != "images":
-            self._capture = open_capture(spec, timeout_s=stall_timeout_s)
-            self._describe(self._capture)
+            # A camera may be down when the run starts, as it may go down later: only a file must open now.
+            self._capture = open_capture(spec, check=not spec.live, timeout_s=stall_timeout_s)
+            if self._capture.isOpened():
+                self._opened = True
+                self._describe(self._capture)
         else:
             self.stats.total = len(spec.paths)
 
@@ -184,6 +194,8 @@ class Reader(threading.Thread):
                 if not self.queue.put(frame, self.stop):
                     self.stats.interrupted += 1
                     break
+        except ConnectionError as exc:  # a live source that gave up: its own words say it all
+            self.stats.error = str(exc)
         except Exception as exc:  # reported in the summary and the run's exit status, never swallowed
             self.stats.error = f"{type(exc).__name__}: {exc}"
         finally:
@@ -197,10 +209,11 @@ class Reader(threading.Thread):
         for index, path in enumerate(self.spec.paths):
             t = time.perf_counter()
             image = cv2.imread(str(path))
-            if image is None:
+            if image is None:  # one bad file among many is that frame's failure, not the source's
                 self.stats.read += 1
                 self.stats.failed += 1
-                self.stats.error = f"cannot read image {path}"
+                if len(self.stats.unreadable) < UNREADABLE_KEPT:
+                    self.stats.unreadable.append(path)
                 continue
             yield index, image, 0.0, time.perf_counter() - t, path
 
@@ -212,7 +225,8 @@ class Reader(threading.Thread):
         while not self.stop.is_set():
             t = time.perf_counter()
             skip = bool(index % self.vid_stride)  # frames skipped by --vid-stride are grabbed, never decoded
-            ok, image = (self._capture.grab(), None) if skip else self._capture.read()
+            with quiet_opencv():  # a stalled stream logs "Stream timeout triggered" here: the summary counts stalls
+                ok, image = (self._capture.grab(), None) if skip else self._capture.read()
             if ok:
                 failures, backoff = 0, 0.5
                 if image is None:
@@ -230,43 +244,72 @@ class Reader(threading.Thread):
             failures += 1
             self.stats.stalls += 1
             if failures > self.max_reconnects:
-                raise ConnectionError(f"{self.spec.uri} stalled: no frame after {self.max_reconnects} reconnects")
+                raise ConnectionError(self._gave_up())
             self.stop.wait(backoff)
             backoff = min(backoff * 2, self.stall_timeout_s)
-            self._capture.release()
-            self._capture = open_capture(self.spec, check=False, timeout_s=self.stall_timeout_s)
-            self.stats.reconnects += 1
+            self._reopen()
+
+    def _reopen(self) -> None:
+        self._capture.release()
+        self._capture = open_capture(self.spec, check=False, timeout_s=self.stall_timeout_s)
+        self.stats.reconnects += 1
+        if self._capture.isOpened() and not self._opened:
+            self._opened = True
+            self._describe(self._capture)
+
+    def _gave_up(self) -> str:
+        tries = f"{self.max_reconnects} reconnect{'' if self.max_reconnects == 1 else 's'}"
+        if self._opened:
+            return f"{self.spec.uri} stalled: no frame after {tries}"
+        if self.spec.kind == "webcam":
+            return f"cannot open webcam {self.spec.uri} (no camera at that index, or another program holds it) after {tries}"
+        return f"cannot open stream {self.spec.uri} (unreachable, or not a stream OpenCV/FFmpeg can read) after {tries}"
 
 
 def open_capture(spec: SourceSpec, check: bool = True, timeout_s: float = 5.0) -> Any:
+    """A capture for a video, stream or webcam; `check`: refuse one that does not open (files; live sources retry)."""
     import cv2
 
-    if spec.kind == "webcam":
-        cap = _open_webcam(int(spec.uri))
-    elif spec.kind == "stream":
-        # FFmpeg waits 30 s by default on a silent stream; a stall should be noticed (and retried) much sooner.
-        ms = int(timeout_s * 1000)
-        cap = cv2.VideoCapture(spec.uri, cv2.CAP_FFMPEG,
-                               [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
-    else:
-        cap = cv2.VideoCapture(spec.uri)
+    with quiet_opencv():
+        if spec.kind == "webcam":
+            cap = cv2.VideoCapture(int(spec.uri))
+        elif spec.kind == "stream":
+            # FFmpeg waits 30 s by default on a silent stream; a stall should be noticed (and retried) much sooner.
+            ms = int(timeout_s * 1000)
+            cap = cv2.VideoCapture(spec.uri, cv2.CAP_FFMPEG,
+                                   [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
+        else:
+            cap = cv2.VideoCapture(spec.uri)
     if check and not cap.isOpened():
         cap.release()
-        if spec.kind == "webcam":
-            raise BadInput(f"cannot open webcam {spec.uri}: no camera at that index, or another program holds it")
-        what = "stream" if spec.kind == "stream" else "video"
-        raise BadInput(f"cannot open {what} {spec.uri}: OpenCV/FFmpeg cannot read it (corrupt, unsupported or unreachable)")
+        raise BadInput(f"cannot open video {spec.uri}: OpenCV/FFmpeg cannot read it (corrupt or unsupported)")
     return cap
 
 
-def _open_webcam(index: int) -> Any:
-    """OpenCV logs its own warnings for a missing camera (one per backend it tries) before we can report it in one line:
-    its log is silenced for the attempt. The level is process-wide, so it is put back at once."""
+_quiet_lock = threading.Lock()
+_quiet_users = 0
+_quiet_previous = 0
+
+
+@contextmanager
+def quiet_opencv() -> Iterator[None]:
+    """OpenCV logs its own warnings when a source cannot be opened ("can't be used to capture by name", one per webcam
+    backend it tries) or stalls ("Stream timeout triggered"), before we can report it in one line (or count it in the
+    summary), so its log is silenced while a source opens or reads. The level is process-wide and readers open and read
+    at the same time: the first to enter silences it, the last to leave puts it back, so none restores it under
+    another."""
     import cv2
 
-    previous = cv2.getLogLevel()
-    cv2.setLogLevel(0)  # 0: silent
+    global _quiet_users, _quiet_previous
+    with _quiet_lock:
+        if _quiet_users == 0:
+            _quiet_previous = cv2.getLogLevel()
+            cv2.setLogLevel(0)  # 0: silent
+        _quiet_users += 1
     try:
-        return cv2.VideoCapture(index)
+        yield
     finally:
-        cv2.setLogLevel(previous)
+        with _quiet_lock:
+            _quiet_users -= 1
+            if _quiet_users == 0:
+                cv2.setLogLevel(_quiet_previous)
