@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """`make demo`: the main job on the embedded default (no GPU, no Docker), driven through the CLI as a user would.
 
-export the demo checkpoint -> config into model_repository/ -> serve --detach -> detect a generated video -> stop.
+export the demo checkpoint -> config (FP32 and FP16) into model_repository/ -> serve --detach -> detect a generated
+video -> val of both served models next to the checkpoint's own val -> stop.
 The model lands in the top-level model_repository/ (so the README's `tritonctl serve --detach` works afterwards);
 everything else in build/demo/: the ONNX export and parity.json, demo_annotated.mp4, detections.jsonl, summary.json.
 A step that fails ends the demo with one line naming it and its exit code (its own error line is printed above).
@@ -59,17 +60,19 @@ def ports() -> tuple[int, int, int]:
 
 
 def run() -> None:
-    from tritonctl.synthetic import write_video
+    from tritonctl.synthetic import write_video, write_yolo_dataset
 
     os.chdir(ROOT)
     WORK.mkdir(parents=True, exist_ok=True)
-    export_dir, video = WORK / "export", WORK / "shapes.mp4"
+    export_dir, video, valdata = WORK / "export", WORK / "shapes.mp4", WORK / "valdata"
     step("export the demo checkpoint to FP32/FP16 ONNX, check FP16 parity", "export", "--model-path", str(CHECKPOINT),
          "--out-dir", str(export_dir))
     # FP32 on the local runtime: ONNX Runtime's CPU kernels compute FP32 faster than FP16 (173 vs 146 img/s at
     # batch 8 here); FP16 is the GPU's precision (TensorRT, or onnxruntime_onnx on the NGC image).
     step("write the Triton config for the local runtime", "config", "--name", "shapes", "--model",
          str(export_dir / "model_fp32.onnx"), "--repo", str(REPO))
+    step("and the FP16 model beside it, to validate both", "config", "--name", "shapes16", "--model",
+         str(export_dir / "model_fp16.onnx"), "--repo", str(REPO))
     print(f"\ngenerating a synthetic video: {video}")
     write_video(video, n_frames=150, width=1280, height=720, seed=5)
     http, grpc, metrics = ports()
@@ -80,6 +83,12 @@ def run() -> None:
         step("stream the video through Triton", "detect", str(video), "-m", "shapes", "--url", url,
              "--output", str(WORK / "demo_annotated.mp4"), "--json", str(WORK / "detections.jsonl"),
              "--summary-json", str(WORK / "summary.json"))
+        print(f"\ngenerating a labelled validation set: {valdata}")
+        data = write_yolo_dataset(valdata, n_train=0, n_val=100, imgsz=192, seed=11)
+        for model in ("shapes", "shapes16"):
+            step(f"accuracy of {model} as served, next to the checkpoint's own val", "val", "-m", model, "--data",
+                 str(data), "--url", url, "--reference", str(CHECKPOINT), "--max-drop", "0.005",
+                 "--out-dir", str(WORK / f"val-{model}"))
         step("the server's own view", "status", "--url", url)
     finally:
         step("stop it", "stop", "--url", url)

@@ -598,6 +598,46 @@ def _show_benchmark(result: Any, s: Any) -> None:
     out.print("wrote " + ", ".join(str(p) for p in result.files))
 
 
+# ---------------------------------------------------------------- val
+
+
+@app.command()
+@command
+def val(
+    model: str = typer.Option(..., "--model", "-m", help="model name on the server"),
+    data: Path = typer.Option(..., help="Ultralytics dataset yaml (YOLO txt labels) or a COCO annotation json"),
+    url: list[str] = typer.Option([], help="Triton endpoint host:port (default 127.0.0.1:8000); repeat for several"),
+    protocol: str = typer.Option("http", help="http or grpc (give the gRPC port in --url)"),
+    shm: str = typer.Option("auto", help="auto (system shared memory when the server is on this host), system, none"),
+    split: str = typer.Option("val", help="the dataset yaml's split to validate on"),
+    images: Path | None = typer.Option(None, help="a COCO json's image folder (default: beside it, or images/)"),
+    max_images: int | None = typer.Option(None, help="only the first N images, for a quick look"),
+    reference: Path | None = typer.Option(None, help="the checkpoint (.pt): Ultralytics' own val of it, side by side"),
+    max_drop: float = typer.Option(0.005, help="with --reference: exit 6 when the served mAP50-95 is more than this below"),
+    out_dir: Path | None = typer.Option(None, help="where val.json, predictions.json, pr_curve.png go "
+                                                   "(default reports/val-<model>-<time>)"),
+    conf: float = typer.Option(0.001, help="decoding confidence threshold (Ultralytics' val default)"),
+    iou: float = typer.Option(0.7, help="NMS IoU threshold (Ultralytics' val default)"),
+    max_det: int = typer.Option(300, help="detections kept per image (also the evaluator's maxDets)"),
+    batch: int | None = typer.Option(None, help="images per request (default: up to 4, within the model's max batch)"),
+    concurrency: int = typer.Option(4, help="requests in flight"),
+) -> None:
+    """Accuracy of the model as served (mAP50-95, mAP50, mAP75, per class, P/R) by the COCO evaluator, optionally
+    next to the checkpoint's own Ultralytics val; a gate for deployment pipelines."""
+    from tritonctl import val as v
+    from tritonctl.postprocess import PostSettings
+
+    settings = v.ValSettings.create(
+        model=model, data=data, urls=url, out_dir=out_dir, protocol=protocol, shm=shm, split=split, images=images,
+        max_images=max_images, reference=reference, max_drop=max_drop, batch=batch, concurrency=concurrency,
+        post=PostSettings(conf=conf, iou=iou, max_det=max_det))
+    result = v.run_val(settings, progress=out)
+    v.render(result, out)
+    out.print("wrote " + ", ".join(str(p) for p in result.files), highlight=False, markup=False, soft_wrap=True)
+    if (error := result.gate_error(settings.max_drop)) is not None:
+        raise error
+
+
 # ---------------------------------------------------------------- config
 
 
