@@ -268,19 +268,25 @@ def test_diagnose_keeps_the_first_line_of_a_python_backend_error() -> None:
     assert diagnose(quoted) == "model 'm' (version 1) failed to load: Invalid argument: x"
 
 
+def _foreground_serve(repo: Path, ports: list[str], stderr: int) -> subprocess.Popen[str]:
+    """`tritonctl serve` in the foreground, returned once its loop has started (it says how to stop it)."""
+    proc = subprocess.Popen([*TRITONCTL, "serve", "--repo", str(repo), *ports], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=stderr, text=True, stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "Ctrl-C stops the server" in line:
+            break
+    return proc
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_foreground_serve_ends_the_whole_server_on_a_stop_signal(tiny_repo: Path, signum: int) -> None:
     """Ctrl-C, and what systemd, Docker, Kubernetes or a closed terminal send: no tritonserver, no stub, no shared
     memory and no busy port are left."""
     ports = _ports()
     url = f"127.0.0.1:{ports[1]}"
-    proc = subprocess.Popen([*TRITONCTL, "serve", "--repo", str(tiny_repo), *ports], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+    proc = _foreground_serve(tiny_repo, ports, subprocess.PIPE)
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:  # the foreground loop has started once it says how to stop it
-            if "Ctrl-C stops the server" in line:
-                break
         assert is_ready(url)
         server_id = _server_id(url)
         assert "tritonserver" in _names(server_id) and STUB in _names(server_id)
@@ -298,13 +304,8 @@ def test_foreground_serve_killed_takes_its_server_along(tiny_repo: Path) -> None
     """SIGKILL cannot be caught: the kernel sends tritonserver SIGTERM when its foreground `serve` dies."""
     ports = _ports()
     url = f"127.0.0.1:{ports[1]}"
-    proc = subprocess.Popen([*TRITONCTL, "serve", "--repo", str(tiny_repo), *ports], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True, stdin=subprocess.DEVNULL)
+    proc = _foreground_serve(tiny_repo, ports, subprocess.DEVNULL)
     try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if "Ctrl-C stops the server" in line:
-                break
         server_id = _server_id(url)
     finally:
         proc.kill()

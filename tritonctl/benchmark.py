@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tritonctl.endpoint import Endpoint, parse_endpoint
+from tritonctl.endpoint import Endpoint, parse_endpoints
 from tritonctl.errors import BadInput, ServerError, ToleranceExceeded
 from tritonctl.perf import PerfTool, per_gpu, read_csv, require_cuda, run
 
@@ -71,10 +71,7 @@ class BenchmarkSettings:
         start, end, step = {1: (values[0], values[0], 1), 2: (values[0], values[-1], 1)}.get(len(values), tuple(values))
         if end < start:
             raise BadInput(f"--concurrency {concurrency!r}: end below start")
-        protocol = kw.get("protocol", "http")
-        if protocol not in ("http", "grpc"):
-            raise BadInput(f"--protocol {protocol!r}: choose http or grpc")
-        endpoint = parse_endpoint(url or "127.0.0.1", default_port=8001 if protocol == "grpc" else 8000)
+        [endpoint] = parse_endpoints([url] if url else [], kw.get("protocol", "http"))
         out = out_dir or Path("reports") / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
         _check_out_dir(out)
         s = cls(model=model, endpoint=endpoint, batch_sizes=tuple(sorted(set(batches))), concurrency=(start, end, step),

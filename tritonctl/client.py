@@ -34,7 +34,7 @@ from tritonctl.endpoint import Endpoint
 from tritonctl.errors import BadInput, ModelError, ServerError, TritonctlError
 from tritonctl.metadata import TRITON_TO_NUMPY
 from tritonctl.postprocess import head_layout
-from tritonctl.status import ModelStatus, ServerStatus, summarize_stats
+from tritonctl.status import ModelStatus, ServerStatus, stats_totals, summarize_stats
 
 
 class TransientError(ServerError):
@@ -492,14 +492,8 @@ def server_stats(protocol: str, endpoint: Endpoint, model: str) -> dict[str, flo
             stats = _as_dict(client.get_inference_statistics(model))
     finally:
         close_client(client, endpoint.url)
-    total = {"count": 0.0, "queue_ns": 0.0, "compute_ns": 0.0, "executions": 0.0}
-    for s in stats.get("model_stats", []):
-        inf = s.get("inference_stats", {})
-        total["count"] += float(inf.get("success", {}).get("count", 0))
-        total["queue_ns"] += float(inf.get("queue", {}).get("ns", 0))
-        total["compute_ns"] += float(inf.get("compute_infer", {}).get("ns", 0))
-        total["executions"] += float(s.get("execution_count", 0))
-    return total
+    totals = stats_totals(stats)
+    return {key: float(totals[key]) for key in ("count", "queue_ns", "compute_ns", "executions")}
 
 
 def server_status(endpoint: Endpoint, timeout_s: float = 5.0) -> ServerStatus:

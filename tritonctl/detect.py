@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from tritonctl.client import EndpointPool, InferSlot, ModelInfo, TransientError, fetch_model_info, server_stats
-from tritonctl.endpoint import Endpoint, parse_endpoint
+from tritonctl.endpoint import Endpoint, parse_endpoints
 from tritonctl.errors import BadInput, ServerError, TritonctlError
 from tritonctl.metrics import LatencyHistogram
 from tritonctl.postprocess import PostSettings, decode
@@ -52,11 +52,7 @@ class DetectSettings:
 
     @classmethod
     def create(cls, *, sources: list[str], urls: list[str], **kw: Any) -> DetectSettings:
-        protocol = kw.get("protocol", "http")
-        if protocol not in ("http", "grpc"):
-            raise BadInput(f"--protocol {protocol!r}: choose http or grpc")
-        port = 8001 if protocol == "grpc" else 8000
-        endpoints = list(dict.fromkeys(parse_endpoint(u, default_port=port) for u in urls or [f"127.0.0.1:{port}"]))
+        endpoints = parse_endpoints(urls, kw.get("protocol", "http"))
         s = cls(sources=parse_sources(sources), endpoints=endpoints, **kw)
         if s.shm not in ("auto", "system", "none"):
             raise BadInput(f"--shm {s.shm!r}: choose auto, system or none")

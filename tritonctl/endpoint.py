@@ -104,3 +104,14 @@ def _valid_host(host: str) -> bool:
     if host.replace(".", "").isdigit():  # looks like an IPv4 address but is not one (e.g. 300.1.1.1)
         return False
     return bool(_HOSTNAME.match(host))
+
+
+DEFAULT_PORTS = {"http": 8000, "grpc": 8001}  # Triton's own defaults
+
+
+def parse_endpoints(urls: list[str], protocol: str, flag: str = "--url") -> list[Endpoint]:
+    """Every --url given (default: this host), without repeats, the port defaulting to the protocol's."""
+    if protocol not in DEFAULT_PORTS:
+        raise BadInput(f"--protocol {protocol!r}: choose http or grpc")
+    port = DEFAULT_PORTS[protocol]
+    return list(dict.fromkeys(parse_endpoint(u, default_port=port, flag=flag) for u in urls or ["127.0.0.1"]))

@@ -214,15 +214,10 @@ def timing_command(trtexec: str, engine: str, shape: str, times: str) -> list[st
 def container_spec(image: str, gpus: str, command: list[str], volumes: dict[str, dict[str, str]],
                    purpose: str) -> dict[str, Any]:
     """docker `containers.run` kwargs: the image (default: the one `serve` uses), the GPUs asked for, no network."""
-    from docker.types import DeviceRequest
+    from tritonctl.server import DEFAULT_IMAGE, gpu_request
 
-    from tritonctl.server import DEFAULT_IMAGE, gpu_ids
-
-    ids = gpu_ids(gpus)
-    request = DeviceRequest(count=-1, capabilities=[["gpu"]]) if ids is None else \
-        DeviceRequest(device_ids=ids, capabilities=[["gpu"]])
     return {"image": image or DEFAULT_IMAGE, "command": command, "detach": True, "privileged": False,
-            "device_requests": [request], "labels": {"tritonctl": "build-engine", "tritonctl.step": purpose},
+            "device_requests": [gpu_request(gpus)], "labels": {"tritonctl": "build-engine", "tritonctl.step": purpose},
             "volumes": volumes, "network_disabled": True}
 
 

@@ -63,15 +63,12 @@ def candidates() -> list[tuple[str, PerfTool | None, str]]:
 
 
 def _docker_candidate() -> tuple[PerfTool | None, str]:
+    from tritonctl.procs import docker_client
+
     try:
-        import docker
-    except ImportError:
-        return None, "the docker package is not installed"
-    try:
-        client = docker.from_env()
-        client.ping()
-    except Exception as exc:
-        return None, f"no Docker daemon ({type(exc).__name__})"
+        client = docker_client()
+    except ToolMissing as exc:
+        return None, str(exc)
     try:
         client.images.get(SDK_IMAGE)
     except Exception:

@@ -199,6 +199,7 @@ class ImageSink:
         self.targets = targets
         self.names = {s.id: image_names(s) for s in sources if s.id in targets}
         self.frames = dict.fromkeys(targets, 0)
+        self._made: set[Path] = set()
 
     def write(self, result: Any, info: Any) -> None:
         import cv2
@@ -207,7 +208,9 @@ class ImageSink:
         if frame.source not in self.targets:  # a video source: VideoSink's
             return
         dest = self.targets[frame.source] / self.names[frame.source][frame.path]
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.parent not in self._made:  # once per folder, not per image
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            self._made.add(dest.parent)
         tmp = partial_path(dest)
         if not cv2.imwrite(str(tmp), draw(frame.image, result.detections, info.names)):
             raise BadInput(f"OpenCV cannot write image {dest}: is the folder writable and the disk not full?")

@@ -42,23 +42,29 @@ class StatsSummary:
     avg_compute_ms: float | None = None
 
 
-def summarize_stats(statistics: dict[str, Any], version: str = "") -> StatsSummary:
-    """Triton's statistics answer (`model_stats`, one entry per model version) as one row: counts summed, and the
-    average queue and compute times weighted by each version's successful requests (Triton reports total ns)."""
-    inferences = executions = successes = 0
-    queue_ns = compute_ns = 0
+def stats_totals(statistics: dict[str, Any], version: str = "") -> dict[str, int]:
+    """Triton's statistics answer (`model_stats`, one entry per model version) summed over versions (or one version):
+    inferences, executions, successful requests, and their total queue and compute nanoseconds."""
+    totals = dict.fromkeys(("inferences", "executions", "count", "queue_ns", "compute_ns"), 0)
     for stats in statistics.get("model_stats", []):
         if version and str(stats.get("version", "")) not in ("", version):
             continue
         inf = stats.get("inference_stats", {})
-        inferences += int(stats.get("inference_count", 0))
-        executions += int(stats.get("execution_count", 0))
-        successes += int(inf.get("success", {}).get("count", 0))
-        queue_ns += int(inf.get("queue", {}).get("ns", 0))
-        compute_ns += int(inf.get("compute_infer", {}).get("ns", 0))
-    if not successes:
-        return StatsSummary(inferences, executions)
-    return StatsSummary(inferences, executions, queue_ns / successes / 1e6, compute_ns / successes / 1e6)
+        totals["inferences"] += int(stats.get("inference_count", 0))
+        totals["executions"] += int(stats.get("execution_count", 0))
+        totals["count"] += int(inf.get("success", {}).get("count", 0))
+        totals["queue_ns"] += int(inf.get("queue", {}).get("ns", 0))
+        totals["compute_ns"] += int(inf.get("compute_infer", {}).get("ns", 0))
+    return totals
+
+
+def summarize_stats(statistics: dict[str, Any], version: str = "") -> StatsSummary:
+    """One row for `status`: counts summed, and the average queue and compute times weighted by each version's
+    successful requests (Triton reports total ns)."""
+    t = stats_totals(statistics, version)
+    if not t["count"]:
+        return StatsSummary(t["inferences"], t["executions"])
+    return StatsSummary(t["inferences"], t["executions"], t["queue_ns"] / t["count"] / 1e6, t["compute_ns"] / t["count"] / 1e6)
 
 
 def render(status: ServerStatus) -> None:

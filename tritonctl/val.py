@@ -22,7 +22,7 @@ import numpy as np
 
 from tritonctl.client import EndpointPool, InferSlot, ModelInfo, TransientError, fetch_model_info, server_status
 from tritonctl.datasets import Dataset, Sample, load_dataset
-from tritonctl.endpoint import Endpoint, parse_endpoint
+from tritonctl.endpoint import Endpoint, parse_endpoints
 from tritonctl.errors import BadInput, ServerError, ToleranceExceeded, ToolMissing
 from tritonctl.postprocess import PostSettings, decode
 from tritonctl.preprocess import Preprocessor
@@ -50,11 +50,7 @@ class ValSettings:
 
     @classmethod
     def create(cls, *, model: str, data: Path, urls: list[str], out_dir: Path | None = None, **kw: Any) -> ValSettings:
-        protocol = kw.get("protocol", "http")
-        if protocol not in ("http", "grpc"):
-            raise BadInput(f"--protocol {protocol!r}: choose http or grpc")
-        port = 8001 if protocol == "grpc" else 8000
-        endpoints = list(dict.fromkeys(parse_endpoint(u, default_port=port) for u in urls or [f"127.0.0.1:{port}"]))
+        endpoints = parse_endpoints(urls, kw.get("protocol", "http"))
         out = out_dir or Path("reports") / f"val-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
         s = cls(model=model, data=data, endpoints=endpoints, out_dir=out, **kw)
         s._check()
@@ -479,7 +475,7 @@ def run_val(s: ValSettings, progress: Any = None) -> ValResult:
     result = ValResult(s.model, served, reference, len(sizes), len(gt["annotations"]), sorted(inference.failed), seconds,
                        how, _settings_dict(s, ds, info, inference.batch), server)
     result.confusion = confusion_matrix(gt, preds, ds.category_ids).tolist()
-    result.files = write_outputs(s, result, preds, ev, ds.names)
+    write_outputs(s, result, preds, ev, ds.names)  # sets result.files, which val.json lists
     return result
 
 
