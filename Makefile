@@ -24,10 +24,13 @@ $(STAMP): pyproject.toml $(LOCK) scripts/setup_tools.sh
 demo: setup
 	$(PY) scripts/demo.py
 
+# The tests also need Debian packages (an RTSP server, headless Chromium): scripts/setup_system.sh installs them (root).
 test: setup
+	bash scripts/setup_system.sh
 	$(PY) -m pytest -q
 
 test-fast: setup
+	bash scripts/setup_system.sh
 	$(PY) -m pytest -q -m "not slow and not server"
 
 lint: setup
