@@ -37,7 +37,8 @@ def ultralytics_fps(url: str, model: str, video: Path, imgsz: int) -> tuple[floa
 def detect_summary(url: str, model: str, video: Path, shm: str = "auto", concurrency: int | None = None) -> dict:
     from tritonctl.detect import DetectSettings, run_detect
 
-    return run_detect(DetectSettings.create(sources=[str(video)], urls=[url], model=model, shm=shm, concurrency=concurrency))
+    return run_detect(DetectSettings.create(sources=[str(video)], urls=[url], model=model, shm=shm,
+                                            concurrency=concurrency)).to_json()
 
 
 def main() -> int:

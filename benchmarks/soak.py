@@ -72,9 +72,11 @@ def soak(args: argparse.Namespace, work: Path) -> dict:
     from conftest import free_ports
     from onnx_models import tiny_detector
 
-    from tritonctl.detect import Detection, DetectSettings, check_server, open_sinks, summarize
+    from tritonctl.detect import DetectSettings, check_server, open_sinks
     from tritonctl.repository import ConfigSettings, write_model
     from tritonctl.server import ServeSettings, start_local
+    from tritonctl.streaming import Detection
+    from tritonctl.summary import summarize
 
     write_model(ConfigSettings.create(name="tiny", model_file=tiny_detector(work / "tiny.onnx"), repo=work / "repo",
                                       max_batch=8, queue_delay_us=500))
@@ -96,7 +98,7 @@ def soak(args: argparse.Namespace, work: Path) -> dict:
         sampler.done.set()
         sampler.join()
         sampler.samples.append((sampler.frames(), rss_mb()))
-        return {"summary": summarize(run), "samples": sampler.samples}
+        return {"summary": summarize(run).to_json(), "samples": sampler.samples}
     finally:
         server.stop()
 

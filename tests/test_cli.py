@@ -61,7 +61,8 @@ def test_usage_errors_are_one_line() -> None:
     from conftest import assert_one_line_error, run_cli
 
     cases = [
-        (["detect", "video.mp4"], ["error: Missing option '--model'", "(see tritonctl detect --help)"]),
+        (["detect", "video.mp4"], ["error: no model given: --model NAME", "--config"]),
+        (["detect", "-m", "m"], ["error: no source given", "--config configs/cameras.yaml"]),
         (["config", "--model", "m.onnx"], ["Missing option '--name'", "(see tritonctl config --help)"]),
         (["detect", "video.mp4", "-m", "m", "--concurency", "4"], ["--concurency", "--concurrency", "tritonctl detect"]),
         (["detect", "video.mp4", "-m", "m", "--batch", "two"], ["'--batch'", "integer", "(see tritonctl detect --help)"]),

@@ -16,10 +16,13 @@ import numpy as np
 import pytest
 from conftest import DEMO_PT, ROOT, TRITONCTL, Triton, assert_one_line_error, build_demo_repo, free_ports, run_cli, start_server
 
-from tritonctl.detect import FRAME_COUNTS, PROBLEMS_KEPT, DetectSettings, Dispatcher, Result, RunStats, run_detect
+from tritonctl.detect import DetectSettings, run_detect
+from tritonctl.detections import Detections
 from tritonctl.errors import BadInput
 from tritonctl.metrics import match, precision_recall
 from tritonctl.sinks import FpsMeter, VideoSink, image_names
+from tritonctl.streaming import PROBLEMS_KEPT, Dispatcher, Result, RunStats
+from tritonctl.summary import FRAME_COUNTS
 from tritonctl.video import Frame, FrameQueue
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -51,7 +54,7 @@ def _video_frames(path: Path) -> int:
 
 def _detect(triton: Triton, sources: list[str], tmp: Path, model: str = "shapes", **kw: object) -> tuple[dict, list[dict]]:
     settings = DetectSettings.create(sources=sources, urls=[triton.url], model=model, json_path=tmp / "out.jsonl", **kw)
-    return run_detect(settings), _jsonl(tmp / "out.jsonl")
+    return run_detect(settings).to_json(), _jsonl(tmp / "out.jsonl")
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +135,7 @@ def test_shared_memory_sends_no_tensor_bytes(demo_triton: Triton, demo_video: Pa
 def test_grpc_batch_and_several_sources(demo_triton: Triton, demo_video: Path, scene_images: Path, tmp_path: Path) -> None:
     settings = DetectSettings.create(sources=[str(demo_video), str(scene_images / "*.png")], urls=[demo_triton.grpc_url],
                                      model="shapes", protocol="grpc", batch=4, vid_stride=2, json_path=tmp_path / "o.jsonl")
-    summary = run_detect(settings)
+    summary = run_detect(settings).to_json()
     lines = _jsonl(tmp_path / "o.jsonl")
     by_source = {0: [x["frame"] for x in lines if x["source"] == 0], 1: [x["frame"] for x in lines if x["source"] == 1]}
     assert by_source[0] == list(range(0, 60, 2))  # every second frame, in order
@@ -154,7 +157,7 @@ def test_realtime_counts_every_drop(demo_triton: Triton, demo_video: Path, tmp_p
 def test_dead_endpoint_is_skipped(demo_triton: Triton, demo_video: Path, tmp_path: Path) -> None:
     dead = f"127.0.0.1:{free_ports(1)[0]}"
     settings = DetectSettings.create(sources=[str(demo_video)], urls=[dead, demo_triton.url], model="shapes", vid_stride=3)
-    summary = run_detect(settings)
+    summary = run_detect(settings).to_json()
     assert summary["frames"]["inferred"] == 20 and summary["frames"]["dropped"] == 0
     assert set(summary["per_endpoint"]) == {demo_triton.url} and summary["retries"] >= 1
 
@@ -164,7 +167,7 @@ def test_requests_spread_over_healthy_endpoints(demo_triton: Triton, demo_repo: 
     second = start_server(demo_repo)
     try:
         urls = [demo_triton.url, second.settings.url]  # type: ignore[attr-defined]
-        summary = run_detect(DetectSettings.create(sources=[str(demo_video)], urls=urls, model="shapes", concurrency=4))
+        summary = run_detect(DetectSettings.create(sources=[str(demo_video)], urls=urls, model="shapes", concurrency=4)).to_json()
     finally:
         second.stop()  # type: ignore[attr-defined]
     assert set(summary["per_endpoint"]) == set(urls) and min(summary["per_endpoint"].values()) >= 10
@@ -348,7 +351,7 @@ def test_end_to_end_head_through_triton(tmp_path: Path, demo_video: Path) -> Non
     try:
         url = server.settings.url  # type: ignore[attr-defined]
         assert fetch_model_info("http", parse_endpoint(url), "v10").layout == "end2end"
-        summary = run_detect(DetectSettings.create(sources=[str(demo_video)], urls=[url], model="v10", vid_stride=20))
+        summary = run_detect(DetectSettings.create(sources=[str(demo_video)], urls=[url], model="v10", vid_stride=20)).to_json()
     finally:
         server.stop()  # type: ignore[attr-defined]
     assert summary["frames"]["inferred"] == 3 and summary["frames"]["dropped"] == 0
@@ -468,7 +471,7 @@ def test_lines_of_an_image_folder_name_their_files(triton: Triton, image_folder:
                                                    tmp_path: Path) -> None:
     settings = DetectSettings.create(sources=[str(image_folder), str(small_video)], urls=[triton.url], model="tiny",
                                      json_path=tmp_path / "o.jsonl")
-    summary = run_detect(settings)
+    summary = run_detect(settings).to_json()
     lines = _jsonl(tmp_path / "o.jsonl")
     images = [x for x in lines if x["source"] == 0]
     assert [(x["uri"], x["frame"], x["path"]) for x in images] == \
@@ -491,13 +494,14 @@ def test_dispatcher_holds_back_frames_beyond_its_window() -> None:
     q, stop = FrameQueue(100, "block"), threading.Event()
     for i in range(20):
         q.put(_frame(0, i), stop)
-    d = Dispatcher([q], window=4)
+    d = Dispatcher(window=4)
+    d.add(0, q)
     frames, done = d.take(8, stop)
     assert [seq for seq, _ in frames] == [0, 1, 2, 3] and not done
     threading.Timer(0.2, stop.set).start()
     t0 = time.monotonic()
     assert d.take(1, stop) == ([], True) and time.monotonic() - t0 >= 0.15  # waited: the window was full
-    d.emitted = 3  # frames 0-2 reached the sinks
+    d.advance(3)  # frames 0-2 reached the sinks
     frames, _ = d.take(8, threading.Event())
     assert [seq for seq, _ in frames] == [4, 5, 6]
 
@@ -624,12 +628,12 @@ def test_fps_overlay_is_the_measured_rate_not_a_frame_count(tmp_path: Path) -> N
     from types import SimpleNamespace
 
     clock = _Clock()
-    sink = VideoSink({0: tmp_path / "o.mp4"}, {0: 30.0}, 1, clock=clock)
+    sink = VideoSink({0: tmp_path / "o.mp4"}, lambda sid: 30.0, clock=clock)
     labels = []
     for i in range(150):
         clock.now += 1 / 171.6
         frame = Frame(0, i, np.zeros((48, 64, 3), np.uint8), i / 30, clock.now, 0.0)
-        sink.write(Result(i, frame, np.zeros((0, 6), np.float32), {}), SimpleNamespace(names={}))
+        sink.write(Result(i, frame, Detections.empty(), {}), SimpleNamespace(names={}))  # type: ignore[arg-type]
         labels.append(sink.labels[0])
     sink.close()
     assert labels[29] == labels[149] == "171.6 fps"

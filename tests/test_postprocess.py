@@ -31,12 +31,12 @@ def test_threshold_nms_and_classes() -> None:
     xywh = np.array([[50, 50, 20, 20], [51, 50, 20, 20], [150, 150, 30, 30], [50, 50, 20, 20]], np.float32)
     scores = np.array([[0.9, 0.0], [0.8, 0.0], [0.0, 0.7], [0.0, 0.6]], np.float32)  # box 3 overlaps box 0, other class
     det = decode(_head(xywh, scores), "anchors", PostSettings(conf=0.25, iou=0.45))[0]
-    assert det[:, 5].tolist() == [0, 1, 1] and det[:, 4].tolist() == pytest.approx([0.9, 0.7, 0.6])
-    np.testing.assert_allclose(det[0, :4], [40, 40, 60, 60])
+    assert det.classes.tolist() == [0, 1, 1] and det.scores.tolist() == pytest.approx([0.9, 0.7, 0.6])
+    np.testing.assert_allclose(det.boxes[0], [40, 40, 60, 60])
     agnostic = decode_one(_head(xywh, scores)[0], "anchors", PostSettings(agnostic=True))
     assert len(agnostic) == 2
     only1 = decode_one(_head(xywh, scores)[0], "anchors", PostSettings(classes=(1,)))
-    assert set(only1[:, 5]) == {1}
+    assert set(only1.classes.tolist()) == {1}
     assert len(decode_one(_head(xywh, scores)[0], "anchors", PostSettings(conf=0.95))) == 0
 
 
@@ -44,19 +44,19 @@ def test_fp16_input() -> None:
     xywh = np.array([[50, 50, 20, 20]], np.float32)
     out = _head(xywh, np.array([[0.5, 0.1]], np.float32)).astype(np.float16)
     det = decode(out, "anchors", PostSettings())[0]
-    assert det.dtype == np.float32 and det[0, 5] == 0
+    assert det.boxes.dtype == det.scores.dtype == np.float32 and det.classes.tolist() == [0]
 
 
 def test_objectness_layout() -> None:
     rows = np.array([[[50, 50, 20, 20, 0.9, 0.1, 0.8], [50, 50, 20, 20, 0.2, 0.9, 0.1]]], np.float32)
     det = decode(rows, "objectness", PostSettings())[0]
-    assert len(det) == 1 and det[0, 5] == 1 and det[0, 4] == pytest.approx(0.72)
+    assert len(det) == 1 and det.classes[0] == 1 and det.scores[0] == pytest.approx(0.72)
 
 
 def test_end2end_layout() -> None:
     rows = np.array([[[10, 10, 20, 20, 0.3, 2], [0, 0, 5, 5, 0.9, 1], [0, 0, 1, 1, 0.1, 0]]], np.float32)
     det = decode(rows, "end2end", PostSettings())[0]
-    assert det[:, 5].tolist() == [1, 2]
+    assert det.classes.tolist() == [1, 2]
 
 
 @pytest.mark.parametrize("n", [1, 40, 400, 3000])  # 3000: beyond the IoU-matrix limit, the loop path

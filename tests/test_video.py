@@ -78,7 +78,7 @@ def test_stalled_stream_is_reported_retried_and_the_run_goes_on(demo_triton: Tri
 
     settings = DetectSettings.create(sources=[camera.url, str(demo_video)], urls=[demo_triton.url], model="shapes",
                                      stall_timeout_s=1.0, reconnects=2)
-    summary = run_detect(settings)
+    summary = run_detect(settings).to_json()
     stream, video = summary["sources"]
     assert stream["policy"] == "latest" and video["policy"] == "block"
     assert stream["stalls"] >= 2 and stream["reconnects"] >= 2 and camera.served >= 3

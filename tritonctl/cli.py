@@ -410,57 +410,68 @@ def _print_summary(summary: Any) -> None:
 @app.command()
 @command
 def detect(
-    sources: list[str] = typer.Argument(..., help="video files, images, folders, globs, rtsp:// or http:// URLs, webcam indexes"),
-    model: str = typer.Option(..., "--model", "-m", help="model name on the server"),
+    sources: list[str] = typer.Argument(None, help="video files, images, folders, globs, rtsp:// or http:// URLs, webcam "
+                                                   "indexes (with --config: added to the file's sources)"),
+    config: Path | None = typer.Option(None, "--config", "-c", help="a pipeline file (see configs/cameras.yaml): model, "
+                                       "endpoints, sources and their settings; flags given override it; SIGHUP or an "
+                                       "edit reloads its sources"),
+    model: str | None = typer.Option(None, "--model", "-m", help="model name on the server"),
     url: list[str] = typer.Option([], help="Triton endpoint host:port (default 127.0.0.1:8000, :8001 with --protocol grpc); "
                                            "repeat for several"),
-    protocol: str = typer.Option("http", help="http or grpc (give the gRPC port in --url)"),
-    shm: str = typer.Option("auto", help="auto (system shared memory when the server is on this host), system, none"),
+    protocol: str | None = typer.Option(None, help="http (default) or grpc (give the gRPC port in --url)"),
+    shm: str | None = typer.Option(None, help="auto (default: system shared memory when the server is on this host), "
+                                              "system, none"),
     concurrency: int | None = typer.Option(None, help="requests in flight (default: from the model's max batch)"),
-    batch: int = typer.Option(1, help="frames per request (client-side batching)"),
+    batch: int | None = typer.Option(None, help="frames per request, across sources (default: one per live camera, up "
+                                                "to 8; 1 for files)"),
+    batch_timeout_ms: float | None = typer.Option(None, help="a batch that is not full goes after this long (default 10)"),
     realtime: bool | None = typer.Option(None, "--realtime/--offline",
                                          help="keep only the newest frame (default for live sources) or every frame"),
-    vid_stride: int = typer.Option(1, help="infer every Nth frame"),
-    conf: float = typer.Option(0.25),
-    iou: float = typer.Option(0.45),
-    classes: str = typer.Option("", help="only these class ids, e.g. 0,2"),
-    agnostic: bool = typer.Option(False, "--agnostic", help="NMS across classes"),
-    max_det: int = typer.Option(300),
+    vid_stride: int | None = typer.Option(None, help="infer every Nth frame"),
+    conf: float | None = typer.Option(None, help="confidence threshold (default 0.25)"),
+    iou: float | None = typer.Option(None, help="NMS IoU threshold (default 0.45)"),
+    classes: str | None = typer.Option(None, help="only these class ids, e.g. 0,2"),
+    agnostic: bool | None = typer.Option(None, "--agnostic", help="NMS across classes"),
+    max_det: int | None = typer.Option(None, help="detections kept per frame (default 300)"),
     output: Path | None = typer.Option(None, help="annotated video (out.mp4; out_<id>.mp4 for several sources); for image "
                                                   "sources a folder (annotated/), one image per input, named after it"),
     json_out: Path | None = typer.Option(None, "--json", help="JSON Lines: one line per frame"),
     summary_json: Path | None = typer.Option(None, help="the run's summary as JSON"),
-    show: bool = typer.Option(False, "--show", help="display a window (needs a display)"),
-    server_timeout: float = typer.Option(30.0, help="seconds to wait while every endpoint is down"),
-    stall_timeout: float = typer.Option(5.0, help="seconds of silence before a live source counts as stalled"),
-    reconnects: int = typer.Option(5, help="reopen attempts (with back-off) for a stalled live source"),
+    show: bool | None = typer.Option(None, "--show", help="display a window (needs a display)"),
+    view: str | None = typer.Option(None, help="serve a live page of every stream at HOST:PORT (e.g. 127.0.0.1:8080)"),
+    server_timeout: float | None = typer.Option(None, help="seconds to wait while every endpoint is down (default 30)"),
+    stall_timeout: float | None = typer.Option(None, help="seconds of silence before a live source counts as stalled "
+                                                          "(default 5)"),
+    reconnects: int | None = typer.Option(None, help="reopen attempts (with back-off) for a stalled live source (default 5)"),
 ) -> None:
-    """Stream sources through a detection model on Triton: pipelined, batched, in order; annotated video and JSON Lines."""
+    """Stream sources through a detection model on Triton: pipelined, batched across cameras, in order; annotated video,
+    JSON Lines, a live view."""
     from tritonctl import detect as det
-    from tritonctl.postprocess import PostSettings
+    from tritonctl.summary import render_summary
 
-    post = PostSettings(conf=conf, iou=iou, max_det=max_det, agnostic=agnostic,
-                        classes=_int_list(classes, "--classes") or None)
-    settings = det.DetectSettings.create(
-        sources=sources, urls=url, model=model, protocol=protocol, shm=shm, concurrency=concurrency, batch=batch,
-        realtime=realtime, vid_stride=vid_stride, post=post, output=output, json_path=json_out,
-        summary_json=summary_json, show=show, server_timeout_s=server_timeout, stall_timeout_s=stall_timeout,
-        reconnects=reconnects)
+    flags = {"model": model, "protocol": protocol, "shm": shm, "concurrency": concurrency, "batch": batch,
+             "batch_timeout_s": batch_timeout_ms / 1000 if batch_timeout_ms is not None else None, "realtime": realtime,
+             "vid_stride": vid_stride, "conf": conf, "iou": iou, "agnostic": agnostic, "max_det": max_det,
+             "classes": _int_list(classes, "--classes") or None if classes is not None else None, "output": output,
+             "json_path": json_out, "summary_json": summary_json, "show": show, "view": view,
+             "server_timeout_s": server_timeout, "stall_timeout_s": stall_timeout, "reconnects": reconnects,
+             "urls": url or None}
+    settings = det.settings_from_flags(config, sources or [], flags)
     outcome = det.execute(settings, progress=out)
     summary = outcome.summary
-    det.render_summary(summary)
-    written = [f"{w['path']} ({w['frames']} frame{'' if w['frames'] == 1 else 's'})" for w in summary["written"]]
+    render_summary(summary)
+    written = [f"{w.path} ({w.frames} frame{'' if w.frames == 1 else 's'})" for w in summary.written]
     written += [str(settings.summary_json)] if settings.summary_json is not None else []
     if written:
         out.print("wrote " + ", ".join(written), highlight=False, markup=False, soft_wrap=True)
     if outcome.error is not None:  # the server lost mid-run: after its summary, its own line and exit code
         raise outcome.error
-    failed = [s for s in summary["sources"] if s["error"]]
+    failed = [s for s in summary.sources if s.error]
     if failed:
         from tritonctl.errors import TritonctlError
 
-        raise TritonctlError("; ".join(f"source {s['id']} ({s['uri']}): {s['error']}" for s in failed))
-    if summary.get("interrupted_by"):
+        raise TritonctlError("; ".join(f"source {s.id} ({s.uri}): {s.error}" for s in failed))
+    if summary.interrupted_by:
         raise KeyboardInterrupt
 
 

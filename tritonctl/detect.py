@@ -1,8 +1,6 @@
-"""`tritonctl detect`: sources -> readers -> inference workers (letterbox into the request's buffer, infer on the
-least-busy healthy endpoint, decode) -> one writer (in order: annotated video, JSON Lines) -> a summary.
-
-Every queue is bounded. Readers: `block` for files (every frame), `latest` for live sources (newest frame; drops
-counted). Workers take frames round-robin from the sources, so one busy source cannot starve the others.
+"""`tritonctl detect`: its settings (from flags, or a pipeline file that flags override), the checks made before
+anything runs (the server and model, every output), and one run end to end: sinks, signals, the live view, reloads
+of the pipeline file, and the summary. The run itself (threads, queues) is streaming.py; the summary, summary.py.
 """
 
 from __future__ import annotations
@@ -10,23 +8,36 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from tritonctl.client import EndpointPool, InferSlot, ModelInfo, TransientError, fetch_model_info, server_stats
+from tritonctl.client import ModelInfo, fetch_model_info
 from tritonctl.endpoint import Endpoint, parse_endpoints
-from tritonctl.errors import BadInput, ServerError, TritonctlError
-from tritonctl.metrics import LatencyHistogram
-from tritonctl.postprocess import PostSettings, decode
-from tritonctl.preprocess import Preprocessor
-from tritonctl.sinks import image_names, output_targets, partial_path
-from tritonctl.video import Frame, FrameQueue, Reader, SourceSpec, parse_sources
+from tritonctl.errors import BadInput, ServerError
+from tritonctl.postprocess import PostSettings
+from tritonctl.sinks import Sink, image_names, output_targets, partial_path
+from tritonctl.streaming import Detection, SourceRun
+from tritonctl.summary import RunSummary, summarize
+from tritonctl.video import SourceSpec, parse_sources
 
-STAGES = ("decode", "preprocess", "queue", "round_trip", "postprocess", "end_to_end")
+if TYPE_CHECKING:
+    from tritonctl.pipeline import Pipeline, SourceConfig
+
+POLICIES = ("auto", "latest", "block")
+MAX_AUTO_BATCH = 8  # cameras batched together by default (capped by the model's max batch)
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """Per-source settings: the run's flags, or a source's entry in the pipeline file."""
+
+    name: str = ""
+    post: PostSettings = field(default_factory=PostSettings)
+    vid_stride: int = 1
+    policy: str = "auto"  # auto: latest for live sources, block for files (--realtime/--offline decide when given)
+    video_output: Path | None = None
+    json_output: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -38,34 +49,44 @@ class DetectSettings:
     shm: str = "auto"
     concurrency: int | None = None
     batch: int = 1
+    batch_auto: bool = False  # no --batch given: up to one frame per live camera (capped by the model)
+    batch_timeout_s: float = 0.010
     realtime: bool | None = None
     vid_stride: int = 1
     post: PostSettings = field(default_factory=PostSettings)
+    source_options: tuple[SourceOptions, ...] = ()
     output: Path | None = None
     json_path: Path | None = None
     summary_json: Path | None = None
     show: bool = False
+    view: tuple[str, int] | None = None
     server_timeout_s: float = 30.0
     queue_size: int = 8
     stall_timeout_s: float = 5.0
     reconnects: int = 5
+    pipeline: Pipeline | None = None  # the pipeline file this run came from (reloaded on SIGHUP or a change)
 
     @classmethod
-    def create(cls, *, sources: list[str], urls: list[str], **kw: Any) -> DetectSettings:
+    def create(cls, *, sources: list[str], urls: list[str], batch: int | None = None,
+               view: str | tuple[str, int] | None = None, **kw: Any) -> DetectSettings:
         endpoints = parse_endpoints(urls, kw.get("protocol", "http"))
-        s = cls(sources=parse_sources(sources), endpoints=endpoints, **kw)
-        if s.shm not in ("auto", "system", "none"):
-            raise BadInput(f"--shm {s.shm!r}: choose auto, system or none")
-        if s.concurrency is not None and s.concurrency < 1:
-            raise BadInput("--concurrency must be at least 1")
-        if s.stall_timeout_s <= 0 or s.reconnects < 0:
-            raise BadInput("--stall-timeout must be positive and --reconnects at least 0")
-        if s.batch < 1 or s.vid_stride < 1 or s.queue_size < 1:
-            raise BadInput("--batch, --vid-stride and the queue size must be at least 1")
-        if s.shm == "system" and not all(e.local for e in s.endpoints):
-            raise BadInput("--shm system needs the server on this host (127.0.0.1/localhost): use --shm none for remote ones")
+        specs = parse_sources(sources)
+        if isinstance(view, str):
+            from tritonctl.view import parse_view_address
+
+            view = parse_view_address(view)
+        live = sum(s.live for s in specs)
+        auto = batch is None
+        batch = (min(MAX_AUTO_BATCH, live) if live > 1 else 1) if batch is None else batch
+        s = cls(sources=specs, endpoints=endpoints, batch=batch, batch_auto=auto, view=view, **kw)
+        if len(s.source_options) != len(specs):
+            s = replace(s, source_options=tuple(SourceOptions(post=s.post, vid_stride=s.vid_stride) for _ in specs))
+        _validate(s)
         check_outputs(s)
         return s
+
+    def options_of(self, spec: SourceSpec) -> SourceOptions:
+        return self.source_options[self.sources.index(spec)]
 
     @property
     def urls(self) -> list[str]:
@@ -79,10 +100,85 @@ class DetectSettings:
         """(flag, path) of every file the run writes; an image source's folder stands for the images in it."""
         files = [("--output", p) for p in self.output_targets().values()]
         files += [(flag, p) for flag, p in (("--json", self.json_path), ("--summary-json", self.summary_json)) if p]
-        return files
+        return files + self.source_outputs()
+
+    def source_outputs(self) -> list[tuple[str, Path]]:
+        """(setting, path) of the files the pipeline file names per source."""
+        return [(flag, p) for o in self.source_options
+                for flag, p in (("outputs.video", o.video_output), ("outputs.json", o.json_output)) if p is not None]
 
 
-_EXAMPLE_NAMES = {"--output": "out.mp4", "--json": "detections.jsonl", "--summary-json": "summary.json"}
+def _validate(s: DetectSettings) -> None:
+    if s.shm not in ("auto", "system", "none"):
+        raise BadInput(f"--shm {s.shm!r}: choose auto, system or none")
+    if s.concurrency is not None and s.concurrency < 1:
+        raise BadInput("--concurrency must be at least 1")
+    if s.stall_timeout_s <= 0 or s.reconnects < 0:
+        raise BadInput("--stall-timeout must be positive and --reconnects at least 0")
+    if s.batch < 1 or s.vid_stride < 1 or s.queue_size < 1 or any(o.vid_stride < 1 for o in s.source_options):
+        raise BadInput("--batch, --vid-stride and the queue size must be at least 1")
+    if s.batch_timeout_s < 0:
+        raise BadInput("--batch-timeout-ms must be 0 or more (0: send what is there at once)")
+    if any(o.policy not in POLICIES for o in s.source_options):
+        raise BadInput(f"a source's policy must be one of {', '.join(POLICIES)}")
+    if s.shm == "system" and not all(e.local for e in s.endpoints):
+        raise BadInput("--shm system needs the server on this host (127.0.0.1/localhost): use --shm none for remote ones")
+
+
+POST_FLAGS = ("conf", "iou", "classes", "max_det", "agnostic")
+
+
+def settings_from_flags(config: Path | None, sources: list[str], flags: dict[str, Any]) -> DetectSettings:
+    """The CLI's flags (None: not given) and, with --config, the pipeline file they override."""
+    if config is not None:
+        from tritonctl.pipeline import load_pipeline
+
+        return settings_from_pipeline(load_pipeline(config), sources, flags)
+    given = {k: v for k, v in flags.items() if v is not None}
+    if not sources:
+        raise BadInput("no source given: pass video files, image folders, globs, RTSP/HTTP URLs or webcam indexes, "
+                       "or a pipeline file with --config configs/cameras.yaml")
+    if "model" not in given:
+        raise BadInput("no model given: --model NAME (the model's name on the server), or a pipeline file with --config")
+    post = PostSettings(**{k: given.pop(k) for k in POST_FLAGS if k in given})
+    return DetectSettings.create(sources=sources, urls=given.pop("urls", []), post=post, **given)
+
+
+def settings_from_pipeline(pipeline: Pipeline, sources: list[str], flags: dict[str, Any]) -> DetectSettings:
+    """The pipeline file's settings, with every flag the user gave (not None) overriding the file's value; sources
+    named on the command line join the file's."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    run = pipeline.run
+    post_flags: dict[str, Any] = {k: given[k] for k in POST_FLAGS if k in given}
+    per_source = [_options(src, post_flags, given) for src in pipeline.sources]
+    per_source += [SourceOptions(post=PostSettings(**post_flags), vid_stride=given.get("vid_stride", 1))] * len(sources)
+    protocol = given.get("protocol", pipeline.protocol)
+    kw: dict[str, Any] = {
+        "model": given.get("model", pipeline.model), "protocol": protocol,
+        "shm": given.get("shm", run.shm), "concurrency": given.get("concurrency", run.concurrency),
+        "batch": given.get("batch", run.batch), "batch_timeout_s": given.get("batch_timeout_s", run.batch_timeout_ms / 1000),
+        "json_path": given.get("json_path", run.json), "summary_json": given.get("summary_json", run.summary_json),
+        "view": given.get("view", run.view), "stall_timeout_s": given.get("stall_timeout_s", run.stall_timeout),
+        "reconnects": given.get("reconnects", run.reconnects), "source_options": tuple(per_source),
+        "post": PostSettings(**post_flags), "pipeline": pipeline,
+    }
+    kw.update({k: given[k] for k in ("realtime", "output", "show", "server_timeout_s") if k in given})
+    urls = given.get("urls") or list(pipeline.urls)
+    return DetectSettings.create(sources=[src.uri for src in pipeline.sources] + list(sources), urls=urls, **kw)
+
+
+def _options(src: SourceConfig, post_flags: dict[str, Any], given: dict[str, Any]) -> SourceOptions:
+    """A source's options from its entry in the file; flags the user gave override every source's."""
+    post = PostSettings(**{"conf": src.conf, "iou": src.iou, "classes": src.classes, **post_flags})
+    policy = src.policy
+    if "realtime" in given:
+        policy = "latest" if given["realtime"] else "block"
+    return SourceOptions(src.name, post, given.get("vid_stride", src.vid_stride), policy, src.video_output,
+                         src.json_output)
+
+
+_EXAMPLE_NAMES = {"--output": "out.mp4", "--json": "detections.jsonl", "--summary-json": "summary.json",
+                  "outputs.video": "out.mp4", "outputs.json": "detections.jsonl"}
 
 
 def check_outputs(s: DetectSettings) -> None:
@@ -144,7 +240,7 @@ def _planned_files(s: DetectSettings) -> list[tuple[str, Path, Path | None]]:
         _check_folder(s.output if s.output is not None and target.parent == s.output else target, target)
         files += [("--output", target / name, target) for name in image_names(specs[sid]).values()]
     files += [(flag, p, None) for flag, p in (("--json", s.json_path), ("--summary-json", s.summary_json)) if p]
-    return files
+    return files + [(flag, p, None) for flag, p in s.source_outputs()]
 
 
 def _check_folder(top: Path, folder: Path) -> None:
@@ -186,334 +282,6 @@ def _check_writable(flag: str, path: Path) -> None:
         raise BadInput(f"cannot write {path}: folder {path.parent} is not writable")
 
 
-# ---------------------------------------------------------------- results and statistics
-
-
-@dataclass
-class Result:
-    seq: int
-    frame: Frame
-    detections: np.ndarray | None  # None: not inferred, the run stopped while its request waited for a server
-    timings: dict[str, float]
-    endpoint: str = ""
-
-
-PROBLEMS_KEPT = 20  # distinct problem lines kept for the summary; later ones are only counted
-
-
-@dataclass
-class RunStats:
-    """What the summary reports. Fixed size whatever the run's length: counters per source and per endpoint, and one
-    histogram per stage (see LatencyHistogram for its precision).
-
-    Every frame read ends in exactly one count (per source): inferred; skipped by --vid-stride; dropped by a `latest`
-    queue; interrupted (Ctrl-C/SIGTERM came first: still queued, in a reader's hand, or waiting for a server); failed
-    (an image that cannot be decoded). The readers hold their share, this object the rest; summarize adds them up."""
-
-    started: float = field(default_factory=time.perf_counter)
-    finished: float = 0.0
-    inferred: dict[int, int] = field(default_factory=dict)
-    failed: dict[int, int] = field(default_factory=dict)
-    interrupted: dict[int, int] = field(default_factory=dict)
-    stages: dict[str, LatencyHistogram] = field(default_factory=lambda: {k: LatencyHistogram() for k in STAGES})
-    requests: int = 0
-    retries: int = 0
-    bytes_sent: int = 0
-    per_endpoint: dict[str, int] = field(default_factory=dict)
-    problems: list[str] = field(default_factory=list)
-    problems_dropped: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def add(self, result: Result) -> None:
-        with self.lock:
-            target = self.interrupted if result.detections is None else self.inferred
-            target[result.frame.source] = target.get(result.frame.source, 0) + 1
-            if result.detections is not None:
-                for k, v in result.timings.items():
-                    self.stages[k].add(v)
-                self.per_endpoint[result.endpoint] = self.per_endpoint.get(result.endpoint, 0) + 1
-
-    def problem(self, text: str) -> None:
-        """Each distinct problem once, the first PROBLEMS_KEPT of them; when full, later reports are only counted."""
-        with self.lock:
-            if text in self.problems:
-                return
-            if len(self.problems) < PROBLEMS_KEPT:
-                self.problems.append(text)
-            else:
-                self.problems_dropped += 1
-
-
-class Dispatcher:
-    """Hands frames to workers round-robin over the sources, numbering them in the order they leave.
-
-    At most `window` numbered frames are out at once (in a worker, or in the ordered emitter waiting for an older one).
-    When the window is full take() waits, the source queues fill, and their policy applies: a file's reader waits, a
-    live source drops its oldest frame. So one slow request cannot make the emitter's reorder buffer grow."""
-
-    def __init__(self, queues: list[FrameQueue], window: int) -> None:
-        self.queues, self.window = queues, window
-        self._lock = threading.Lock()
-        self._next_source = 0
-        self._seq = 0
-        self.emitted = 0  # frames the emitter has passed on, in order; advanced by Detection.emit
-
-    def take(self, n: int, stop: threading.Event) -> tuple[list[tuple[int, Frame]], bool]:
-        """Up to n frames; (frames, done) where done means every source is exhausted."""
-        while not stop.is_set():
-            with self._lock:
-                room = self.window - (self._seq - self.emitted)
-                frames = self._collect(min(n, room)) if room > 0 else []
-                if frames:
-                    return frames, False
-                if room > 0 and all(q.exhausted for q in self.queues):
-                    return [], True
-            time.sleep(0.001)
-        return [], True
-
-    def _collect(self, n: int) -> list[tuple[int, Frame]]:
-        frames: list[tuple[int, Frame]] = []
-        for _ in range(len(self.queues) * n):
-            if len(frames) == n:
-                break
-            q = self.queues[self._next_source]
-            self._next_source = (self._next_source + 1) % len(self.queues)
-            frame = q.get_nowait()
-            if frame is not None:
-                frames.append((self._seq, frame))
-                self._seq += 1
-        return frames
-
-    def drain(self) -> list[Frame]:
-        left = []
-        for q in self.queues:
-            while (f := q.get_nowait()) is not None:
-                left.append(f)
-        return left
-
-
-class Worker(threading.Thread):
-    def __init__(self, wid: int, run: Detection) -> None:
-        super().__init__(name=f"infer-{wid}", daemon=True)
-        self.run_ = run
-        s, info = run.settings, run.info
-        use_shm = s.shm == "system" or (s.shm == "auto" and any(e.local for e in run.pool.endpoints))
-        self.slot = InferSlot(info, run.batch, s.protocol, use_shm, shm_required=s.shm == "system")
-        try:
-            self.pre = Preprocessor(info.height, info.width, info.input_np, run.batch, out=self.slot.inputs)
-        except BaseException:
-            self.slot.close()
-            raise
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        r = self.run_
-        try:
-            while True:
-                frames, done = r.dispatcher.take(r.batch, r.stop)
-                if done:
-                    break
-                self._process(frames)
-        except BaseException as exc:  # surfaced by Detection.run, which stops the others
-            self.error = exc
-            r.stop.set()
-        finally:
-            for problem in self.slot.close():
-                r.stats.problem(problem)
-            with r.stats.lock:
-                r.stats.bytes_sent += self.slot.bytes_sent
-
-    def _process(self, frames: list[tuple[int, Frame]]) -> None:
-        r = self.run_
-        t0 = time.perf_counter()
-        boxes = [self.pre(frame.image, row=k) for k, (_, frame) in enumerate(frames)]
-        t1 = time.perf_counter()
-        try:
-            output, endpoint = self._infer(len(frames))
-        except BaseException:  # the server lost: these frames are accounted for, and the ones after them emitted
-            self._interrupted(frames)
-            raise
-        t2 = time.perf_counter()
-        if output is None:
-            self._interrupted(frames)
-            return
-        dets = decode(output, r.info.layout, r.settings.post)
-        for det, box in zip(dets, boxes, strict=True):
-            box.to_source(det)
-        t3 = time.perf_counter()
-        for (seq, frame), det in zip(frames, dets, strict=True):
-            timings = {"decode": frame.decode_s, "preprocess": (t1 - t0) / len(frames), "queue": t0 - frame.read_at,
-                       "round_trip": t2 - t1, "postprocess": (t3 - t2) / len(frames)}
-            r.emit(Result(seq, frame, det, timings, endpoint))
-
-    def _interrupted(self, frames: list[tuple[int, Frame]]) -> None:
-        for seq, frame in frames:
-            self.run_.emit(Result(seq, frame, None, {}))
-
-    def _infer(self, n: int) -> tuple[np.ndarray | None, str]:
-        """Infer on a healthy endpoint, failing over and waiting with back-off while all are down.
-
-        Returns (None, "") only when the run is stopping; raises ServerError once every endpoint has been
-        unreachable for longer than --server-timeout."""
-        r = self.run_
-        down_since: float | None = None
-        last_error = ""
-        while not r.stop.is_set():
-            ep = r.pool.acquire()
-            if ep is not None:
-                ok = False
-                try:
-                    output = self.slot.infer(ep, n)
-                    ok = True
-                    r.count("requests")
-                    return output, ep.url
-                except TransientError as exc:
-                    last_error = f"{ep.url}: {exc}"
-                    r.count("retries")
-                finally:
-                    r.pool.release(ep, ok)
-                continue
-            now = time.monotonic()
-            down_since = down_since or now
-            r.all_down_for(now - down_since)
-            if now - down_since > r.settings.server_timeout_s:
-                raise ServerError(f"no Triton endpoint answered for {now - down_since:.0f} s (last error {last_error}); "
-                                  "raise --server-timeout or restart the server")
-            r.stop.wait(min(0.5, r.pool.next_retry_s() + 0.01))
-        return None, ""
-
-
-class Detection:
-    """One `detect` run: owns the threads, the queues and the sinks."""
-
-    def __init__(self, settings: DetectSettings, info: ModelInfo) -> None:
-        self.settings, self.info = settings, info
-        self.sinks: list[Any] = []
-        self.stop = threading.Event()
-        self.stats = RunStats()
-        max_batch = info.max_batch or 1
-        if settings.batch > max_batch:
-            raise BadInput(f"--batch {settings.batch} exceeds the max batch of model {info.name!r} ({max_batch})")
-        self.batch = settings.batch
-        self.concurrency = settings.concurrency or max(2, min(8, max_batch // 2))
-        self.pool = EndpointPool(settings.endpoints)
-        self.queues = [FrameQueue(settings.queue_size, self._policy(s)) for s in settings.sources]
-        self.readers = [Reader(s, q, self.stop, settings.vid_stride, settings.stall_timeout_s, settings.reconnects)
-                        for s, q in zip(settings.sources, self.queues, strict=True)]
-        # Two batches per worker: each can hold one while the next waits for an older one to be emitted.
-        self.dispatcher = Dispatcher(self.queues, window=2 * self.concurrency * self.batch)
-        self._pending: dict[int, Result] = {}  # at most the dispatcher's window
-        self._next_seq = 0
-        self._emit_lock = threading.Lock()
-        self.down_s = 0.0
-        self.written: list[tuple[Path, int]] = []  # (file or image folder, frames in it), once the sinks are closed
-        self.error: BaseException | None = None  # what ended the run early (a worker's), once run() returns
-        self.server_delta: dict[str, float] = {}
-
-    def _policy(self, spec: SourceSpec) -> str:
-        realtime = self.settings.realtime if self.settings.realtime is not None else spec.live
-        return "latest" if realtime else "block"
-
-    def count(self, name: str) -> None:
-        with self.stats.lock:
-            setattr(self.stats, name, getattr(self.stats, name) + 1)
-
-    def all_down_for(self, seconds: float) -> None:
-        with self._emit_lock:
-            self.down_s = max(self.down_s, seconds)
-
-    def emit(self, result: Result) -> None:
-        """Results arrive out of order from the workers; sinks see them in sequence."""
-        with self._emit_lock:
-            self._pending[result.seq] = result
-            while self._next_seq in self._pending:
-                ready = self._pending.pop(self._next_seq)
-                self._next_seq += 1
-                ready.timings["end_to_end"] = time.perf_counter() - ready.frame.read_at
-                self.stats.add(ready)
-                if ready.detections is not None:
-                    for sink in self.sinks:
-                        sink.write(ready, self.info)
-            self.dispatcher.emitted = self._next_seq
-
-    def _make_workers(self) -> list[Worker]:
-        """All workers (each with its shared-memory slot) or none: a failure releases the slots made before it."""
-        workers: list[Worker] = []
-        try:
-            for i in range(self.concurrency):
-                workers.append(Worker(i, self))
-        except BaseException:
-            for w in workers:
-                w.slot.close()
-            raise
-        return workers
-
-    def run(self, open_sinks: Callable[[Detection], list[Any]] = lambda run: []) -> RunStats:
-        """Make the workers, then the sinks (so a failure in either leaves no file or region behind), then stream.
-
-        A failure while streaming (the server lost, a sink that cannot write) ends the run with its files finalized and
-        its statistics complete; it is kept in `error` (so the summary can still account for what was done), then
-        raised like a failure before streaming."""
-        workers: list[Worker] = []
-        try:
-            workers = self._make_workers()
-            self.sinks = open_sinks(self)
-        except BaseException:
-            for w in workers:
-                w.slot.close()
-            for reader in self.readers:
-                reader.release()
-            raise
-        before = self._server_stats()
-        for t in [*self.readers, *workers]:
-            t.start()
-        try:
-            for w in workers:
-                while w.is_alive():
-                    w.join(0.2)
-        finally:
-            self._finish(workers)
-        self.error = next((w.error for w in workers if w.error is not None), None)
-        self.stats.per_endpoint = {k: v for k, v in self.stats.per_endpoint.items() if k}
-        if not isinstance(self.error, ServerError):  # a lost server has no statistics to give
-            self.server_delta = self._delta(before, self._server_stats())
-        if self.error is not None:
-            raise self.error
-        return self.stats
-
-    def _finish(self, workers: list[Worker]) -> None:
-        self.stop.set()
-        for w in workers:
-            w.join()
-        # Readers first: once stopped, none can queue a frame after the drain (each counts the frame it held).
-        for reader in self.readers:
-            reader.join(timeout=5)
-        for frame in self.dispatcher.drain():
-            self.stats.interrupted[frame.source] = self.stats.interrupted.get(frame.source, 0) + 1
-        for sink in self.sinks:
-            sink.close()
-        self.written = [(path, n) for sink in self.sinks for path, n in sink.written()]
-        self.stats.finished = time.perf_counter()
-
-    def _server_stats(self) -> dict[str, dict[str, float]]:
-        out = {}
-        for ep in self.pool.endpoints:
-            try:
-                out[ep.url] = server_stats(self.settings.protocol, ep.endpoint, self.info.name)
-            except TritonctlError as exc:  # an endpoint that is down has no statistics to give
-                self.stats.problem(f"statistics from {ep.url}: {exc}")
-        return out
-
-    @staticmethod
-    def _delta(before: dict[str, dict[str, float]], after: dict[str, dict[str, float]]) -> dict[str, float]:
-        keys = ("count", "queue_ns", "compute_ns", "executions")
-        total = {k: sum(after[u][k] - before[u][k] for u in after if u in before) for k in keys}
-        count = total["count"]
-        return {"inferences": count, "executions": total["executions"],
-                "queue_ms": total["queue_ns"] / count / 1e6 if count else 0.0,
-                "compute_ms": total["compute_ns"] / count / 1e6 if count else 0.0}
-
-
 def check_server(settings: DetectSettings) -> ModelInfo:
     """The model's signature from the first endpoint that answers."""
     errors = []
@@ -552,114 +320,18 @@ def wrong_protocol_port(protocol: str, endpoint: Endpoint, model: str, exc: Serv
                     f"(default {port}), or use --protocol {other} with this one")
 
 
-# ---------------------------------------------------------------- summary
-
-
-def _percentiles(hist: LatencyHistogram) -> dict[str, float]:
-    if not hist.count:
-        return {}
-    p50, p95, p99 = (hist.percentile(q) * 1000 for q in (50, 95, 99))
-    return {"p50": p50, "p95": p95, "p99": p99, "mean": hist.mean * 1000}
-
-
-# read = inferred + skipped_stride + dropped + interrupted + failed, per source (see RunStats)
-FRAME_COUNTS = ("read", "inferred", "skipped_stride", "dropped", "interrupted", "failed")
-FRAME_COUNTS_NOTE = ("read = inferred + skipped (--vid-stride) + dropped (live `latest` queue: the newest frame is kept) "
-                     "+ interrupted (stopped before inference) + failed (could not be decoded)")
-
-
-def _unreadable(spec: SourceSpec, failed: int, names: list[Path]) -> str:
-    """One problem line per source naming the images that could not be decoded (the first few; the rest counted)."""
-    listed = ", ".join(str(p) for p in names)
-    more = f" and {failed - len(names)} more" if failed > len(names) else ""
-    what = "image" if failed == 1 else f"{failed} images"
-    return f"source {spec.id} ({spec.uri}): cannot read {what} {listed}{more} (counted failed)"
-
-
-def ended_by(run: Detection, signal_name: str | None) -> str:
-    """Why the run stopped, for the summary: every ending writes one."""
-    if run.error is not None:
-        what = "server lost" if isinstance(run.error, ServerError) else "error"
-        ours = isinstance(run.error, TritonctlError)  # our messages stand alone; anything else is named by its type
-        return f"{what}: {run.error if ours else f'{type(run.error).__name__}: {run.error}'}"
-    return f"interrupted: {signal_name}" if signal_name else "end of sources"
-
-
-def summarize(run: Detection) -> dict[str, Any]:
-    st = run.stats
-    wall = max(st.finished - st.started, 1e-9)
-    sources = []
-    unreadable = []
-    for spec, reader, q in zip(run.settings.sources, run.readers, run.queues, strict=True):
-        rs = reader.stats
-        if rs.unreadable:
-            unreadable.append(_unreadable(spec, rs.failed, rs.unreadable))
-        sources.append({
-            "id": spec.id, "uri": spec.uri, "kind": spec.kind, "policy": q.policy, "read": rs.read,
-            "inferred": st.inferred.get(spec.id, 0), "skipped_stride": rs.skipped_stride, "dropped": q.dropped,
-            "interrupted": st.interrupted.get(spec.id, 0) + rs.interrupted, "failed": st.failed.get(spec.id, 0) + rs.failed,
-            "stalls": rs.stalls, "reconnects": rs.reconnects, "error": rs.error, "fps": st.inferred.get(spec.id, 0) / wall,
-        })
-    inferred = sum(st.inferred.values())
-    return {
-        "model": run.info.name, "endpoints": run.settings.urls, "protocol": run.settings.protocol,
-        "shared_memory": run.settings.shm != "none" and any(e.local for e in run.pool.endpoints),
-        "concurrency": run.concurrency, "batch": run.batch, "wall_s": wall, "fps": inferred / wall,
-        "frames": {k: sum(s[k] for s in sources) for k in FRAME_COUNTS},
-        "sources": sources,
-        "latency_ms": {k: _percentiles(v) for k, v in st.stages.items()},
-        "server": run.server_delta,
-        "requests": st.requests, "retries": st.retries, "all_down_s": run.down_s,
-        "bytes_sent": st.bytes_sent, "bytes_sent_per_frame": st.bytes_sent / inferred if inferred else 0.0,
-        "per_endpoint": st.per_endpoint,
-        "problems": unreadable + st.problems + ([f"{st.problems_dropped} more problem reports"] if st.problems_dropped else []),
-        "written": [{"path": str(path), "frames": n} for path, n in run.written],
-    }
-
-
-def render_summary(summary: dict[str, Any]) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
-    from tritonctl.ui import console
-
-    con = console()
-    src = Table("source", "policy", *(k.removesuffix("_stride") for k in FRAME_COUNTS), "fps", "stalls", "error",
-                title=f"{summary['model']}: {summary['frames']['inferred']} frames in {summary['wall_s']:.1f} s = "
-                      f"{summary['fps']:.1f} fps (concurrency {summary['concurrency']}, batch {summary['batch']}, "
-                      f"{summary['protocol']}{', shared memory' if summary['shared_memory'] else ''})",
-                caption=FRAME_COUNTS_NOTE)
-    for s in summary["sources"]:
-        src.add_row(f"{s['id']}: {s['uri']}", s["policy"], *(str(s[k]) for k in FRAME_COUNTS), f"{s['fps']:.1f}",
-                    str(s["stalls"]), s["error"] or "")
-    con.print(src)
-    lat = Table("stage (ms)", "p50", "p95", "p99", "mean")
-    for stage, p in summary["latency_ms"].items():
-        if p:
-            lat.add_row(stage, *(f"{p[k]:.2f}" for k in ("p50", "p95", "p99", "mean")))
-    server = summary.get("server") or {}
-    if server.get("inferences"):
-        lat.add_row("server queue (avg)", "", "", "", f"{server['queue_ms']:.2f}")
-        lat.add_row("server compute (avg)", "", "", "", f"{server['compute_ms']:.2f}")
-    con.print(lat)
-    warnings = [f"retries {summary['retries']}, endpoints down up to {summary['all_down_s']:.1f} s"] \
-        if summary["retries"] else []
-    warnings += summary["problems"]
-    if summary.get("ended_by", "end of sources") != "end of sources":
-        warnings.append(f"ended by {summary['ended_by']}")
-    if warnings:
-        con.print(f"[yellow]{escape('; '.join(warnings))}[/]", soft_wrap=True)
 
 
 # ---------------------------------------------------------------- one run, end to end
 
 
-def open_sinks(settings: DetectSettings, run: Detection) -> list[Any]:
+def open_sinks(settings: DetectSettings, run: Detection, extra: list[Sink] | None = None) -> list[Sink]:
+    """The run-wide sinks: --json, --output, --show (and the live view's, made by the caller)."""
     from tritonctl.sinks import ImageSink, JsonlSink, ShowSink, VideoSink
 
     if settings.show and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
         raise BadInput("--show needs a display (no DISPLAY set): use --output to write a video instead")
-    sinks: list[Any] = []
+    sinks: list[Sink] = list(extra or [])
     if settings.json_path is not None:
         sinks.append(JsonlSink(settings.json_path, settings.sources))
     targets = settings.output_targets()
@@ -668,20 +340,40 @@ def open_sinks(settings: DetectSettings, run: Detection) -> list[Any]:
     if images:
         sinks.append(ImageSink(images, settings.sources))
     if len(images) < len(targets):
-        fps = {r.spec.id: r.stats.fps for r in run.readers}
-        sinks.append(VideoSink({sid: p for sid, p in targets.items() if sid not in images}, fps, settings.vid_stride))
+        sinks.append(VideoSink({sid: p for sid, p in targets.items() if sid not in images}, _fps_of(run)))
     if settings.show:
         sinks.append(ShowSink())
     return sinks
 
 
+def _fps_of(run: Detection) -> Any:
+    """A source's output frame rate, asked when its video file is created (a live source knows it once it opened)."""
+    def fps(sid: int) -> float:
+        src = run.sources[sid]
+        return (src.reader.stats.fps or 30.0) / src.options.vid_stride
+    return fps
+
+
+def source_sinks(run: Detection, src: SourceRun) -> list[Sink]:
+    """The files the pipeline file names for one source (outputs.video, outputs.json)."""
+    from tritonctl.sinks import JsonlSink, VideoSink
+
+    sinks: list[Sink] = []
+    sid = src.spec.id
+    if src.options.json_output is not None:
+        sinks.append(JsonlSink(src.options.json_output, [src.spec]))
+    if src.options.video_output is not None:
+        sinks.append(VideoSink({sid: src.options.video_output}, _fps_of(run)))
+    return sinks
+
+
 @dataclass
 class DetectOutcome:
-    summary: dict[str, Any]  # written to --summary-json whatever ended the run; `ended_by` says what did
+    summary: RunSummary  # written to --summary-json whatever ended the run; `ended_by` says what did
     error: BaseException | None  # what ended the run early (the server lost, a sink that cannot write), or None
 
 
-def run_detect(settings: DetectSettings, progress: Any = None) -> dict[str, Any]:
+def run_detect(settings: DetectSettings, progress: Any = None) -> RunSummary:
     """execute(), raising what ended the run early once its summary is written."""
     outcome = execute(settings, progress)
     if outcome.error is not None:
@@ -691,40 +383,56 @@ def run_detect(settings: DetectSettings, progress: Any = None) -> dict[str, Any]
 
 def execute(settings: DetectSettings, progress: Any = None) -> DetectOutcome:
     """Check the server and model, start everything, stop cleanly on Ctrl-C/SIGTERM or a lost server, and return the
-    summary (also written to --summary-json) with what ended the run. A failure before streaming starts is raised."""
+    summary (also written to --summary-json) with what ended the run. A failure before streaming starts is raised.
+    Signals are caught from the start, so a Ctrl-C while cameras are still connecting also ends with a summary."""
     import signal
 
     info = check_server(settings)
     run = Detection(settings, info)
+    run.source_sinks = source_sinks
     interrupted: list[int] = []
 
     def on_signal(signum: int, _frame: Any) -> None:
         interrupted.append(signum)
-        run.stop.set()  # stop reading; workers finish what is in flight; the writer finalizes the files
+        run.request_stop()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)} \
+    reloader = Reloader(settings, run) if settings.pipeline is not None else None
+    handlers: dict[int, Any] = {signal.SIGINT: on_signal, signal.SIGTERM: on_signal}
+    if reloader is not None:
+        run.dispatcher.keep_open = True  # sources may come back with the next reload
+        handlers[signal.SIGHUP] = lambda _s, _f: reloader.request()
+    previous = {sig: signal.signal(sig, h) for sig, h in handlers.items()} \
         if threading.current_thread() is threading.main_thread() else {}
+    view = start_view(settings, run) if settings.view is not None else None
     try:
+        if reloader is not None:
+            reloader.start()
         with _live_progress(run, progress):
-            run.run(lambda r: open_sinks(settings, r))
+            run.run(lambda r: open_sinks(settings, r, [view.sink] if view is not None else None))
     except BaseException as exc:
         if exc is not run.error:
             raise  # before streaming started (workers, sinks): nothing ran, nothing to summarize
     finally:
+        if reloader is not None:
+            reloader.close()
+        if view is not None:
+            view.server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    summary = summarize(run)
-    signal_name = signal.Signals(interrupted[0]).name if interrupted else None
-    if signal_name:
-        summary["interrupted_by"] = signal_name
-    summary["ended_by"] = ended_by(run, signal_name)
+    summary = summarize(run, signal.Signals(interrupted[0]).name if interrupted else None)
+    if reloader is not None:
+        summary.extra["reloads"] = reloader.reloads
     if settings.summary_json is not None:
-        import json
-
-        tmp = partial_path(settings.summary_json)
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, settings.summary_json)
+        write_summary_json(summary, settings.summary_json)
     return DetectOutcome(summary, run.error)
+
+
+def write_summary_json(summary: RunSummary, path: Path) -> None:
+    import json
+
+    tmp = partial_path(path)
+    tmp.write_text(json.dumps(summary.to_json(), indent=2))
+    os.replace(tmp, path)
 
 
 class _live_progress:
@@ -742,8 +450,7 @@ class _live_progress:
 
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[fps]}"), TimeElapsedColumn(), console=self.console, transient=True)
-        self.tasks = {r.spec.id: self.progress.add_task(r.spec.uri[-40:], total=r.stats.total, fps="")
-                      for r in self.run.readers}
+        self.tasks: dict[int, Any] = {}
         self.progress.start()
         threading.Thread(target=self._update, daemon=True).start()
         return self
@@ -751,11 +458,148 @@ class _live_progress:
     def _update(self) -> None:
         t0 = time.perf_counter()
         while not self._stop.wait(0.25):
-            for sid, task in self.tasks.items():
+            for sid, src in list(self.run.sources.items()):  # sources a reload added get their bar here
+                if sid not in self.tasks:
+                    self.tasks[sid] = self.progress.add_task(src.spec.uri[-40:], total=src.reader.stats.total, fps="")
                 done = self.run.stats.inferred.get(sid, 0)
-                self.progress.update(task, completed=done, fps=f"{done / (time.perf_counter() - t0):.1f} fps")
+                self.progress.update(self.tasks[sid], completed=done, fps=f"{done / (time.perf_counter() - t0):.1f} fps")
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         if self.progress is not None:
             self.progress.stop()
+
+
+# ---------------------------------------------------------------- the live view
+
+
+@dataclass
+class LiveView:
+    server: Any  # view.ViewServer
+    sink: Sink
+
+
+def start_view(settings: DetectSettings, run: Detection) -> LiveView:
+    from tritonctl.view import ViewServer, ViewSink
+
+    assert settings.view is not None
+    host, port = settings.view
+    server = ViewServer(host, port, LiveFigures(run))
+    server.start()
+    from tritonctl.ui import console
+
+    console().print(f"live view: {server.url}", highlight=False, markup=False)
+    return LiveView(server, ViewSink(server.board))
+
+
+class LiveFigures:
+    """Per source, the figures the live view polls: frames per second over the last poll interval (at least 1 s),
+    end-to-end latency so far, drops, stalls, reconnects. Called from the view's thread."""
+
+    def __init__(self, run: Detection, clock: Any = time.perf_counter) -> None:
+        self.run, self.clock = run, clock
+        self._last: dict[int, tuple[float, int]] = {}
+        self._fps: dict[int, float] = {}
+
+    def __call__(self) -> list[dict[str, Any]]:
+        from tritonctl.summary import source_summary
+
+        now = self.clock()
+        out = []
+        for src in list(self.run.sources.values()):
+            if src.state == "removed":
+                continue
+            s = source_summary(self.run, src, now)
+            t0, n0 = self._last.setdefault(s.id, (src.added_at, 0))
+            if now - t0 >= 1.0:
+                self._fps[s.id] = (s.inferred - n0) / (now - t0)
+                self._last[s.id] = (now, s.inferred)
+            state = "stalled" if s.error or (s.stalls and not src.reader.streaming.is_set()) else \
+                ("streaming" if src.reader.streaming.is_set() else "connecting")
+            out.append({"source": s.name or str(s.id), "id": s.id, "uri": s.uri, "state": state,
+                        "fps": round(self._fps.get(s.id, 0.0), 1), "inferred": s.inferred,
+                        "latency_p50_ms": round(s.latency_ms.get("p50", 0.0), 1),
+                        "latency_p99_ms": round(s.latency_ms.get("p99", 0.0), 1),
+                        "dropped": s.dropped, "stalls": s.stalls, "reconnects": s.reconnects})
+        return out
+
+
+# ---------------------------------------------------------------- reloading the pipeline file
+
+
+class Reloader:
+    """Reloads the pipeline file on SIGHUP or when it changes (checked every `poll_s`): sources added or removed
+    (a changed source is removed and added again) while the others go on. A file that no longer loads is reported
+    and the run keeps its current sources; run-wide changes (model, endpoints, batch) need a restart and are said so."""
+
+    def __init__(self, settings: DetectSettings, run: Detection, poll_s: float = 1.0) -> None:
+        assert settings.pipeline is not None
+        self.settings, self.run, self.poll_s = settings, run, poll_s
+        self.pipeline = settings.pipeline
+        self._wake = threading.Event()
+        self._closed = threading.Event()
+        self._mtime = self._stat()
+        self.reloads = 0
+        self._thread = threading.Thread(target=self._loop, name="reload", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def request(self) -> None:
+        self._wake.set()  # from a signal handler: only set a flag, the thread does the work
+
+    def close(self) -> None:
+        self._closed.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def _stat(self) -> float:
+        try:
+            return self.pipeline.path.stat().st_mtime_ns
+        except OSError:
+            return 0.0
+
+    def _loop(self) -> None:
+        while not self._closed.is_set():
+            asked = self._wake.wait(self.poll_s)
+            self._wake.clear()
+            if self._closed.is_set() or self.run.stop.is_set():
+                return
+            mtime = self._stat()
+            if asked or mtime != self._mtime:
+                self._mtime = mtime
+                self.reload()
+
+    def reload(self) -> None:
+        from tritonctl.errors import TritonctlError
+        from tritonctl.pipeline import changes, load_pipeline
+        from tritonctl.ui import console
+
+        con = console()
+        try:
+            new = load_pipeline(self.pipeline.path)
+            diff = changes(self.pipeline, new)
+            if diff.needs_restart:
+                con.print(f"reload: {', '.join(diff.needs_restart)} changed: restart detect to apply", style="yellow",
+                          highlight=False)
+            self._apply(diff.removed + diff.changed, diff.added + diff.changed)
+        except TritonctlError as exc:
+            self.run.stats.problem(f"reload of {self.pipeline.path}: {exc}")
+            con.print(f"reload: {exc}; keeping the current sources", style="yellow", highlight=False, markup=False)
+            return
+        self.pipeline = new
+        self.reloads += 1
+        con.print(f"reloaded {new.path}: {len(diff.added)} added, {len(diff.removed)} removed, {len(diff.changed)} "
+                  "changed", highlight=False, markup=False)
+
+    def _apply(self, remove: list[SourceConfig], add: list[SourceConfig]) -> None:
+        by_name = {src.options.name: sid for sid, src in self.run.sources.items() if src.state == "running"}
+        for cfg in remove:
+            if cfg.name in by_name:
+                self.run.remove_source(by_name[cfg.name])
+        next_id = max(self.run.sources, default=-1) + 1
+        for k, cfg in enumerate(add):
+            spec = parse_sources([cfg.uri])[0]
+            spec = replace(spec, id=next_id + k)
+            self.run.add_source(spec, _options(cfg, {}, {}))

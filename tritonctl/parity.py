@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from tritonctl.detections import Detections
 from tritonctl.metadata import TRITON_TO_NUMPY, read_onnx
 from tritonctl.metrics import average_precision, match
 from tritonctl.postprocess import PostSettings, decode, head_layout
@@ -122,7 +123,7 @@ def _read_images(paths: list[Path]) -> list[CheckImage]:
 @dataclass
 class Outputs:
     raw: list[np.ndarray]
-    detections: list[np.ndarray]  # per image, rows x1, y1, x2, y2, score, class in source pixels; score >= MAP_CONF
+    detections: list[Detections]  # per image, in source pixels; score >= MAP_CONF
     gains: list[float]  # input pixels per source pixel
 
 
@@ -141,7 +142,9 @@ def run_onnx(path: Path, images: list[CheckImage]) -> Outputs:
         box = pre(item.image)
         raw = session.run([meta.outputs[0].name], {inp.name: pre.batch[:1]})[0]
         out.raw.append(raw.astype(np.float32))
-        out.detections.append(box.to_source(decode(raw, layout, post)[0]))
+        det = decode(raw, layout, post)[0]
+        box.to_source(det.boxes)
+        out.detections.append(det)
         out.gains.append(box.scale)
     return out
 
@@ -159,15 +162,16 @@ class _Agreement:
 def _agreement(a: Outputs, b: Outputs) -> _Agreement:
     g = _Agreement()
     for det32, det16, gain in zip(a.detections, b.detections, a.gains, strict=True):
-        hi32, hi16 = det32[det32[:, 4] >= CONF], det16[det16[:, 4] >= CONF]
-        lo32, lo16 = det32[det32[:, 4] >= CONF - CONF_MARGIN], det16[det16[:, 4] >= CONF - CONF_MARGIN]
-        forward, backward = match(hi32, lo16, MATCH_IOU), match(hi16, lo32, MATCH_IOU)
+        hi32, hi16 = det32.select(det32.scores >= CONF), det16.select(det16.scores >= CONF)
+        lo32 = det32.select(det32.scores >= CONF - CONF_MARGIN)
+        lo16 = det16.select(det16.scores >= CONF - CONF_MARGIN)
+        forward, backward = match(hi32.rows(), lo16.rows(), MATCH_IOU), match(hi16.rows(), lo32.rows(), MATCH_IOU)
         g.n32, g.n16 = g.n32 + len(hi32), g.n16 + len(hi16)
         g.found += len(forward.pairs) + len(backward.pairs)
         g.pairs += len(forward.pairs)
         for i, j in forward.pairs:
-            g.shift_px = max(g.shift_px, float(np.abs(hi32[i, :4] - lo16[j, :4]).max()) * gain)
-            g.score_diff = max(g.score_diff, float(abs(hi32[i, 4] - lo16[j, 4])))
+            g.shift_px = max(g.shift_px, float(np.abs(hi32.boxes[i] - lo16.boxes[j]).max()) * gain)
+            g.score_diff = max(g.score_diff, float(abs(hi32.scores[i] - lo16.scores[j])))
     return g
 
 
@@ -197,8 +201,8 @@ def check_parity(fp32: Path, fp16: Path, settings: Any) -> ParityReport:
         truths = [t for _, t in labelled]
         n_classes = len(meta.names) or int(max((t[:, 0].max() for t in truths if len(t)), default=0)) + 1
         report.labelled_images = len(labelled)
-        report.map50_fp32, report.map_fp32 = map50_95([a.detections[k] for k, _ in labelled], truths, n_classes)
-        report.map50_fp16, report.map_fp16 = map50_95([b.detections[k] for k, _ in labelled], truths, n_classes)
+        report.map50_fp32, report.map_fp32 = map50_95([a.detections[k].rows() for k, _ in labelled], truths, n_classes)
+        report.map50_fp16, report.map_fp16 = map50_95([b.detections[k].rows() for k, _ in labelled], truths, n_classes)
     _judge(report, tol)
     return report
 

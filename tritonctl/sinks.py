@@ -7,6 +7,9 @@ JSON Lines schema (one line per inferred frame; in frame order within a source, 
    "detections": [{"x1": 10.5, "y1": 20.0, "x2": 110.0, "y2": 220.0, "score": 0.91, "class_id": 2, "class": "triangle"}]}
 Coordinates are pixels of the source frame; timestamp is seconds into the file, or since the start for live sources.
 Lines of an image source (a folder, a glob, an image) also carry "path": the image file the frame was read from.
+
+Every sink follows the `Sink` protocol: write() is called from one thread, in frame order, for each inferred frame;
+close() finishes its files on any ending; written() names them.
 """
 
 from __future__ import annotations
@@ -17,12 +20,25 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from tritonctl.detections import Detections
 from tritonctl.errors import BadInput
 from tritonctl.video import IMAGE_SUFFIXES, SourceSpec
+
+if TYPE_CHECKING:
+    from tritonctl.client import ModelInfo
+    from tritonctl.streaming import Result
+
+
+class Sink(Protocol):
+    def write(self, result: Result, info: ModelInfo) -> None: ...
+
+    def written(self) -> list[tuple[Path, int]]: ...  # (file or image folder, frames in it)
+
+    def close(self) -> None: ...
 
 _PALETTE = np.array([[56, 56, 255], [151, 157, 255], [31, 112, 255], [29, 178, 255], [49, 210, 207], [10, 249, 72],
                      [23, 204, 146], [134, 219, 61], [52, 147, 26], [187, 212, 0], [168, 153, 44], [255, 194, 0]])
@@ -81,11 +97,9 @@ class JsonlSink:
         self.file: IO[str] = open(self.tmp, "w")  # noqa: SIM115 - closed in close(), also on Ctrl-C
         self.lines = 0
 
-    def write(self, result: Any, info: Any) -> None:
-        det = result.detections
-        rows = [{"x1": round(float(d[0]), 2), "y1": round(float(d[1]), 2), "x2": round(float(d[2]), 2),
-                 "y2": round(float(d[3]), 2), "score": round(float(d[4]), 4), "class_id": int(d[5]),
-                 "class": class_name(info.names, int(d[5]))} for d in det]
+    def write(self, result: Result, info: ModelInfo) -> None:
+        assert result.detections is not None
+        rows = result.detections.to_json(info.names)
         frame = result.frame
         line: dict[str, Any] = {"source": frame.source, "uri": self.uris[frame.source], "frame": frame.index}
         if frame.path is not None:
@@ -107,14 +121,16 @@ def fps_label(fps: float | None) -> str | None:
     return None if fps is None else f"{fps:.1f} fps"
 
 
-def draw(image: np.ndarray, det: np.ndarray, names: dict[int, str], label: str | None = None) -> np.ndarray:
+def draw(image: np.ndarray, det: Detections, names: dict[int, str], label: str | None = None) -> np.ndarray:
     import cv2
 
-    for x1, y1, x2, y2, score, cls in det:
-        color = tuple(int(c) for c in _PALETTE[int(cls) % len(_PALETTE)])
+    ids = det.track_ids.tolist() if det.track_ids is not None else [None] * len(det)
+    for (x1, y1, x2, y2), score, cls, tid in zip(det.boxes.tolist(), det.scores.tolist(), det.classes.tolist(), ids,
+                                                 strict=True):
+        color = tuple(int(c) for c in _PALETTE[(cls if tid is None else tid) % len(_PALETTE)])
         p1, p2 = (int(x1), int(y1)), (int(x2), int(y2))
         cv2.rectangle(image, p1, p2, color, 2, cv2.LINE_AA)
-        text = f"{class_name(names, int(cls))} {score:.2f}"
+        text = f"{class_name(names, cls)} {score:.2f}" if tid is None else f"#{tid} {class_name(names, cls)} {score:.2f}"
         (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
         top = max(p1[1], th + 4)
         cv2.rectangle(image, (p1[0], top - th - 4), (p1[0] + tw + 2, top), color, -1)
@@ -150,17 +166,19 @@ class FpsMeter:
 class VideoSink:
     """An annotated video per video, stream or webcam source (paths from output_targets), stamped with the throughput."""
 
-    def __init__(self, targets: dict[int, Path], fps: dict[int, float], vid_stride: int,
+    def __init__(self, targets: dict[int, Path], fps: Callable[[int], float],
                  clock: Callable[[], float] = time.perf_counter) -> None:
+        """`fps(source)`: the frame rate to write, asked when the source's first frame arrives (a live source knows
+        its rate only once it opened)."""
         self.targets = targets
-        self.fps = {sid: (fps.get(sid) or 30.0) / vid_stride for sid in targets}
+        self.fps = fps
         self.writers: dict[int, Any] = {}
         self.sizes: dict[int, tuple[int, int]] = {}
         self.frames = dict.fromkeys(targets, 0)
         self.meters = {sid: FpsMeter(clock=clock) for sid in targets}
         self.labels: dict[int, str | None] = {}  # the overlay last stamped, per source
 
-    def write(self, result: Any, info: Any) -> None:
+    def write(self, result: Result, info: ModelInfo) -> None:
         import cv2
 
         sid = result.frame.source
@@ -172,7 +190,7 @@ class VideoSink:
             h, w = image.shape[:2]
             target = self.targets[sid]
             fourcc = cv2.VideoWriter.fourcc(*("mp4v" if target.suffix.lower() in (".mp4", ".m4v", ".mov") else "MJPG"))
-            writer = cv2.VideoWriter(str(partial_path(target)), fourcc, self.fps[sid], (w, h))
+            writer = cv2.VideoWriter(str(partial_path(target)), fourcc, self.fps(sid), (w, h))
             if not writer.isOpened():
                 raise BadInput(f"OpenCV cannot write video {target}: name a {'/'.join(VIDEO_SUFFIXES)} file "
                                "in a writable folder")
@@ -201,11 +219,11 @@ class ImageSink:
         self.frames = dict.fromkeys(targets, 0)
         self._made: set[Path] = set()
 
-    def write(self, result: Any, info: Any) -> None:
+    def write(self, result: Result, info: ModelInfo) -> None:
         import cv2
 
         frame = result.frame
-        if frame.source not in self.targets:  # a video source: VideoSink's
+        if frame.source not in self.targets or frame.path is None:  # a video source: VideoSink's
             return
         dest = self.targets[frame.source] / self.names[frame.source][frame.path]
         if dest.parent not in self._made:  # once per folder, not per image
@@ -228,7 +246,7 @@ class ShowSink:
     def __init__(self) -> None:
         self.meters: dict[int, FpsMeter] = {}
 
-    def write(self, result: Any, info: Any) -> None:
+    def write(self, result: Result, info: ModelInfo) -> None:
         import cv2
 
         sid = result.frame.source

@@ -206,11 +206,11 @@ class _Inference:
         if loaded:
             output = self._infer(slot, len(loaded))
             for (sample, hw, box), det in zip(loaded, decode(output, self.info.layout, self.s.post), strict=True):
-                box.to_source(det)
-                det[:, [0, 2]] *= hw[1] / box.src_w  # from the resized image back to the file's pixels
-                det[:, [1, 3]] *= hw[0] / box.src_h
+                box.to_source(det.boxes)
+                det.boxes[:, [0, 2]] *= hw[1] / box.src_w  # from the resized image back to the file's pixels
+                det.boxes[:, [1, 3]] *= hw[0] / box.src_h
                 with self._lock:
-                    self.results[sample.image_id] = (hw, det)
+                    self.results[sample.image_id] = (hw, det.rows())
         with self._lock:
             self.done += len(chunk)
 

@@ -9,11 +9,11 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -86,7 +86,8 @@ class FrameQueue:
     policy `block`: a full queue makes the reader wait (nothing lost). policy `latest`: a full queue drops its oldest
     frame to make room, and `dropped` counts it."""
 
-    def __init__(self, maxsize: int, policy: str) -> None:
+    def __init__(self, maxsize: int, policy: str, on_ready: Callable[[], None] = lambda: None) -> None:
+        """`on_ready`: called after a frame is queued or the queue closes (wakes the dispatcher, which waits on it)."""
         if policy not in ("block", "latest"):
             raise ValueError(policy)
         self.maxsize, self.policy = maxsize, policy
@@ -94,6 +95,7 @@ class FrameQueue:
         self._cond = threading.Condition()
         self.dropped = 0
         self.closed = False
+        self.on_ready = on_ready
 
     def put(self, frame: Frame, stop: threading.Event) -> bool:
         with self._cond:
@@ -106,7 +108,8 @@ class FrameQueue:
                 self.dropped += 1
             self._items.append(frame)
             self._cond.notify_all()
-            return True
+        self.on_ready()
+        return True
 
     def get_nowait(self) -> Frame | None:
         with self._cond:
@@ -120,6 +123,7 @@ class FrameQueue:
         with self._cond:
             self.closed = True
             self._cond.notify_all()
+        self.on_ready()
 
     @property
     def exhausted(self) -> bool:
@@ -146,8 +150,9 @@ UNREADABLE_KEPT = 5  # image files named per source when they cannot be decoded;
 
 
 class Reader(threading.Thread):
-    """Decodes one source into its queue. A live source that stops sending, or cannot be opened at all, is reported
-    stalled and reopened with back-off; the run goes on with the other sources meanwhile."""
+    """Decodes one source into its queue. A live source is opened in this thread (so sources open in parallel and a
+    run can be stopped while they do); one that stops sending, or cannot be opened at all, is reported stalled and
+    reopened with back-off, while the run goes on with the other sources."""
 
     def __init__(self, spec: SourceSpec, queue: FrameQueue, stop: threading.Event, vid_stride: int = 1,
                  stall_timeout_s: float = 5.0, max_reconnects: int = 5) -> None:
@@ -155,15 +160,13 @@ class Reader(threading.Thread):
         self.spec, self.queue, self.stop = spec, queue, stop
         self.vid_stride, self.stall_timeout_s, self.max_reconnects = vid_stride, stall_timeout_s, max_reconnects
         self.stats = SourceStats()
-        self._capture: Any = None
+        self._capture: Capture | None = None
         self._opened = False  # a live source that never opened gives up with "cannot open", not "stalled"
-        if spec.kind != "images":
-            # A camera may be down when the run starts, as it may go down later: only a file must open now.
-            self._capture = open_capture(spec, check=not spec.live, timeout_s=stall_timeout_s)
-            if self._capture.isOpened():
-                self._opened = True
-                self._describe(self._capture)
-        else:
+        self.streaming = threading.Event()  # set once the first frame is queued (live sources: when they started)
+        if spec.kind == "video":  # a file must open now: a bad one is refused before anything starts
+            self._capture = CvCapture(spec, check=True, timeout_s=stall_timeout_s)
+            self._describe(self._capture)
+        elif spec.kind == "images":
             self.stats.total = len(spec.paths)
 
     def release(self) -> None:
@@ -172,28 +175,26 @@ class Reader(threading.Thread):
             self._capture.release()
             self._capture = None
 
-    def _describe(self, cap: Any) -> None:
-        import cv2
-
-        count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-        self.stats.total = count if count > 0 and not self.spec.live else None
-        self.stats.fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        self.stats.size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    def _describe(self, cap: Capture) -> None:
+        self._opened = True
+        self.stats.total = cap.total if not self.spec.live else None
+        self.stats.fps, self.stats.size = cap.fps, cap.size
 
     def run(self) -> None:
         try:
-            frames = self._images() if self.spec.kind == "images" else self._video()
+            frames = {"images": self._images, "video": self._video}.get(self.spec.kind, self._live)()
             for index, image, ts, decode_s, path in frames:
                 if self.stop.is_set():
                     break
                 self.stats.read += 1
-                if index % self.vid_stride:
+                if image is None:  # grabbed but not decoded: --vid-stride skips it
                     self.stats.skipped_stride += 1
                     continue
                 frame = Frame(self.spec.id, index, image, ts, time.perf_counter(), decode_s, path)
                 if not self.queue.put(frame, self.stop):
                     self.stats.interrupted += 1
                     break
+                self.streaming.set()
         except ConnectionError as exc:  # a live source that gave up: its own words say it all
             self.stats.error = str(exc)
         except Exception as exc:  # reported in the summary and the run's exit status, never swallowed
@@ -203,10 +204,13 @@ class Reader(threading.Thread):
                 self._capture.release()
             self.queue.close()
 
-    def _images(self) -> Iterator[tuple[int, np.ndarray, float, float, Path | None]]:
+    def _images(self) -> Iterator[tuple[int, np.ndarray | None, float, float, Path | None]]:
         import cv2
 
         for index, path in enumerate(self.spec.paths):
+            if index % self.vid_stride:  # skipped by --vid-stride: not even read
+                yield index, None, 0.0, 0.0, path
+                continue
             t = time.perf_counter()
             image = cv2.imread(str(path))
             if image is None:  # one bad file among many is that frame's failure, not the source's
@@ -217,45 +221,56 @@ class Reader(threading.Thread):
                 continue
             yield index, image, 0.0, time.perf_counter() - t, path
 
-    def _video(self) -> Iterator[tuple[int, np.ndarray, float, float, Path | None]]:
-        import cv2
-
-        index, failures, backoff = 0, 0, 0.5
-        start = time.time()
+    def _video(self) -> Iterator[tuple[int, np.ndarray | None, float, float, Path | None]]:
+        assert self._capture is not None
+        index = 0
         while not self.stop.is_set():
             t = time.perf_counter()
-            skip = bool(index % self.vid_stride)  # frames skipped by --vid-stride are grabbed, never decoded
-            with quiet_opencv():  # a stalled stream logs "Stream timeout triggered" here: the summary counts stalls
-                ok, image = (self._capture.grab(), None) if skip else self._capture.read()
-            if ok:
-                failures, backoff = 0, 0.5
-                if image is None:
-                    self.stats.read += 1
-                    self.stats.skipped_stride += 1
-                else:
-                    ts = time.time() - start if self.spec.live else self._capture.get(cv2.CAP_PROP_POS_MSEC) / 1000
-                    yield index, image, ts, time.perf_counter() - t, None
-                index += 1
-                continue
-            if not self.spec.live:
+            ok, image, ts = self._capture.read(convert=not index % self.vid_stride)
+            if not ok:
                 if index == 0:
                     raise BadInput(f"{self.spec.uri}: no frame could be decoded (corrupt or unsupported video)")
                 return  # the end of the file
+            yield index, image, ts, time.perf_counter() - t, None
+            index += 1
+
+    def _live(self) -> Iterator[tuple[int, np.ndarray | None, float, float, Path | None]]:
+        index, failures, backoff = 0, 0, 0.5
+        start = time.time()
+        while not self.stop.is_set():
+            if self._capture is None:
+                self._capture = self._open()
+            t = time.perf_counter()
+            ok, image, _ = self._capture.read(convert=not index % self.vid_stride) if self._capture else (False, None, 0)
+            if ok:
+                failures, backoff = 0, 0.5
+                yield index, image, time.time() - start, time.perf_counter() - t, None
+                index += 1
+                continue
             failures += 1
             self.stats.stalls += 1
             if failures > self.max_reconnects:
                 raise ConnectionError(self._gave_up())
+            if self._capture is not None:
+                self._capture.release()
+                self._capture = None
             self.stop.wait(backoff)
             backoff = min(backoff * 2, self.stall_timeout_s)
-            self._reopen()
+            self.stats.reconnects += 1
 
-    def _reopen(self) -> None:
-        self._capture.release()
-        self._capture = open_capture(self.spec, check=False, timeout_s=self.stall_timeout_s)
-        self.stats.reconnects += 1
-        if self._capture.isOpened() and not self._opened:
-            self._opened = True
-            self._describe(self._capture)
+    def _open(self) -> Capture | None:
+        """The live source's capture, or None when it cannot be opened now (the caller retries with back-off)."""
+        try:
+            cap: Capture
+            if self.spec.kind == "stream":
+                cap = AvCapture(self.spec.uri, self.stall_timeout_s)
+            else:
+                cap = CvCapture(self.spec, check=True, timeout_s=self.stall_timeout_s)
+        except (ConnectionError, BadInput):
+            return None
+        if not self._opened:
+            self._describe(cap)
+        return cap
 
     def _gave_up(self) -> str:
         tries = f"{self.max_reconnects} reconnect{'' if self.max_reconnects == 1 else 's'}"
@@ -263,18 +278,94 @@ class Reader(threading.Thread):
             return f"{self.spec.uri} stalled: no frame after {tries}"
         if self.spec.kind == "webcam":
             return f"cannot open webcam {self.spec.uri} (no camera at that index, or another program holds it) after {tries}"
-        return f"cannot open stream {self.spec.uri} (unreachable, or not a stream OpenCV/FFmpeg can read) after {tries}"
+        return f"cannot open stream {self.spec.uri} (unreachable, or not a stream FFmpeg can read) after {tries}"
+
+
+class Capture(Protocol):
+    """One open video source. read(): (ok, BGR image or None when convert is False, seconds into the source)."""
+
+    total: int | None
+    fps: float
+    size: tuple[int, int]  # width, height
+
+    def read(self, convert: bool) -> tuple[bool, np.ndarray | None, float]: ...
+
+    def release(self) -> None: ...
+
+
+class CvCapture:
+    """OpenCV's capture: video files and webcams. Frames skipped by --vid-stride are grabbed, never decoded."""
+
+    def __init__(self, spec: SourceSpec, check: bool = True, timeout_s: float = 5.0) -> None:
+        import cv2
+
+        self.cap = open_capture(spec, check=check, timeout_s=timeout_s)
+        count = int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        self.total = count if count > 0 else None
+        self.fps = float(self.cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        self.size = (int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+
+    def read(self, convert: bool) -> tuple[bool, np.ndarray | None, float]:
+        import cv2
+
+        with quiet_opencv():  # a failing webcam logs its own warnings here: the summary counts stalls
+            ok, image = self.cap.read() if convert else (self.cap.grab(), None)
+        return bool(ok), image, self.cap.get(cv2.CAP_PROP_POS_MSEC) / 1000
+
+    def release(self) -> None:
+        self.cap.release()
+
+
+class AvCapture:
+    """A network stream (RTSP, RTMP, HTTP, UDP) through PyAV's FFmpeg. OpenCV's FFmpeg backend opens such streams one
+    at a time across threads and takes seconds each; PyAV opens them in parallel and decodes without holding the GIL.
+
+    Raises ConnectionError when the stream cannot be opened; read() returns not-ok when it ends or stays silent for
+    `timeout_s` (a stalled camera), and the reader reconnects."""
+
+    def __init__(self, uri: str, timeout_s: float = 5.0) -> None:
+        import av
+
+        options = {"fflags": "nobuffer", "flags": "low_delay", "analyzeduration": "0", "probesize": "32768"}
+        if uri.lower().startswith("rtsp://"):
+            options["rtsp_transport"] = "tcp"  # UDP loses packets under load: smeared frames, not counted drops
+        try:
+            self.container = av.open(uri, options=options, timeout=(timeout_s, timeout_s))
+        except (av.FFmpegError, OSError) as exc:
+            raise ConnectionError(str(exc)) from exc
+        if not self.container.streams.video:
+            self.container.close()
+            raise ConnectionError(f"{uri} has no video stream")
+        stream = self.container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+        self.fps = float(rate) if rate else 0.0
+        self.total: int | None = None
+        self.size = (stream.codec_context.width, stream.codec_context.height)
+        self._frames = self.container.decode(stream)
+        self._av_errors = (av.FFmpegError, OSError, StopIteration)
+
+    def read(self, convert: bool) -> tuple[bool, np.ndarray | None, float]:
+        try:
+            frame = next(self._frames)
+        except self._av_errors:
+            return False, None, 0.0
+        if self.size == (0, 0):
+            self.size = (frame.width, frame.height)
+        return True, frame.to_ndarray(format="bgr24") if convert else None, float(frame.time or 0.0)
+
+    def release(self) -> None:
+        self.container.close()
 
 
 def open_capture(spec: SourceSpec, check: bool = True, timeout_s: float = 5.0) -> Any:
-    """A capture for a video, stream or webcam; `check`: refuse one that does not open (files; live sources retry)."""
+    """OpenCV's capture for a video file or webcam (or a stream, for tools that want OpenCV's); `check`: refuse one
+    that does not open."""
     import cv2
 
     with quiet_opencv():
         if spec.kind == "webcam":
             cap = cv2.VideoCapture(int(spec.uri))
         elif spec.kind == "stream":
-            # FFmpeg waits 30 s by default on a silent stream; a stall should be noticed (and retried) much sooner.
             ms = int(timeout_s * 1000)
             cap = cv2.VideoCapture(spec.uri, cv2.CAP_FFMPEG,
                                    [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])

@@ -1,0 +1,296 @@
+"""The pipeline file (`detect --config`): the shipped example, defaults, every error as `file:line: ...`, reload diffs."""
+
+from __future__ import annotations
+
+import textwrap
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from tritonctl.errors import BadInput
+from tritonctl.pipeline import Pipeline, RunConfig, SourceConfig, changes, load_pipeline
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "configs" / "cameras.yaml"
+
+# Line 1 model, 2 urls, 3 sources, 4 first source's name, 5 its uri; tests append lines from 6 on.
+BASE = """\
+model: demo
+urls: ["127.0.0.1:8000"]
+sources:
+  - name: a
+    uri: rtsp://127.0.0.1:8554/cam0
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "p.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def error(path: Path) -> str:
+    with pytest.raises(BadInput) as info:
+        load_pipeline(path)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+# ---------------------------------------------------------------- the shipped example
+
+
+def test_example_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    p = load_pipeline(Path("configs/cameras.yaml"))
+    assert (p.model, p.urls, p.protocol) == ("demo", ["127.0.0.1:8000"], "http")
+    assert p.run == RunConfig(batch=4, batch_timeout_ms=5, concurrency=None, shm="auto", json=None, summary_json=None,
+                              view=None, stall_timeout=5.0, reconnects=5)
+    assert [s.name for s in p.sources] == ["gate", "yard", "cam2", "recording"]
+    assert [s.uri for s in p.sources][:3] == [f"rtsp://127.0.0.1:8554/cam{i}" for i in range(3)]
+    gate = p.sources[0]
+    assert (gate.conf, gate.iou, gate.classes, gate.vid_stride, gate.policy) == (0.4, 0.45, (0,), 2, "auto")
+    assert gate.video_output == ROOT / "out/gate.mp4" and gate.json_output == ROOT / "out/gate.jsonl"
+    assert p.sources[3].policy == "block" and p.sources[3].video_output is None
+
+
+def test_example_documents_every_setting() -> None:
+    # Each setting the schema knows appears in the example with a comment on its line.
+    text = EXAMPLE.read_text()
+    keys = ["model", "urls", "protocol", "run", "batch", "batch_timeout_ms", "concurrency", "shm", "json", "summary_json",
+            "view", "stall_timeout", "reconnects", "defaults", "conf", "iou", "classes", "vid_stride", "policy", "sources",
+            "outputs", "video"]
+    for key in keys:
+        lines = [ln for ln in text.splitlines() if ln.strip().lstrip("- ").startswith(f"{key}:")]
+        assert any("#" in ln for ln in lines), key
+
+
+# ---------------------------------------------------------------- defaults and overrides
+
+
+def test_defaults_apply_and_sources_override(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE.replace("  - name: a\n", "  - name: a\n    iou: 0.7\n    classes: null\n") + """\
+  - uri: b.mp4
+defaults:
+  conf: 0.3
+  classes: [1, 2]
+  vid_stride: 3
+  policy: latest
+""")
+    a, b = load_pipeline(path).sources
+    assert (a.conf, a.iou, a.classes, a.vid_stride, a.policy) == (0.3, 0.7, None, 3, "latest")  # null: every class
+    assert (b.name, b.conf, b.iou, b.classes, b.vid_stride, b.policy) == ("cam1", 0.3, 0.45, (1, 2), 3, "latest")
+
+
+def test_built_in_defaults(tmp_path: Path) -> None:
+    p = load_pipeline(write(tmp_path, "model: m\nsources: [{uri: 0}]\n"))
+    assert p.urls == ["127.0.0.1:8000"] and p.protocol == "http" and p.run == RunConfig()
+    assert p.sources == [SourceConfig(name="cam0", uri="0")]  # a webcam index is text
+
+
+def test_relative_outputs_resolve_against_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, BASE + "    outputs: {video: v.mp4, json: /abs/a.jsonl}\nrun: {json: all.jsonl}\n")
+    monkeypatch.chdir(tmp_path / "..")
+    p = load_pipeline(path)
+    assert p.sources[0].video_output == tmp_path.parent / "v.mp4"
+    assert p.sources[0].json_output == Path("/abs/a.jsonl")
+    assert p.run.json == tmp_path.parent / "all.jsonl"
+
+
+# ---------------------------------------------------------------- errors: file and line
+
+
+def test_out_of_range_names_file_line_and_field(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE + "  - name: b\n    uri: b.mp4\n    conf: 1.5\n")
+    assert error(path) == f"{path}:8: sources[1].conf: 1.5 is out of range 0..1"
+
+
+def test_unknown_key_suggests(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE + "run:\n  batch_timeout_ms: 5\n  bach: 4\n")
+    assert error(path) == f"{path}:8: run.bach: unknown setting (did you mean batch?)"
+    path = write(tmp_path, BASE + "    outptus: {video: a.mp4}\n")
+    assert error(path) == f"{path}:6: sources[0].outptus: unknown setting (did you mean outputs?)"
+    path = write(tmp_path, "modle: m\nsources: [{uri: a}]\n")
+    assert error(path).startswith(f"{path}:1: modle: unknown setting (did you mean model?)")
+
+
+def test_setting_in_the_wrong_section(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE + "run:\n  conf: 0.5\n")
+    assert error(path) == f"{path}:7: run.conf: unknown setting here (conf belongs under defaults)"
+
+
+def test_yaml_syntax_error_has_its_line(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE + "run:\n  batch: [4\n  shm: auto\n")
+    message = error(path)
+    assert message.startswith(f"{path}:8: not valid YAML:"), message
+    path = write(tmp_path, "model: demo\nurls: x\n  bad: indent\n")
+    assert error(path).startswith(f"{path}:3: not valid YAML:")
+    # An unclosed bracket is noticed later; the line it opened on is named too.
+    path = write(tmp_path, "model: demo\nurls: [a\nsources: []\n")
+    assert error(path) == (f"{path}:3: not valid YAML: expected ',' or ']', but got ':' "
+                           "(while parsing a flow sequence started on line 2)")
+    path = write(tmp_path, "model: !!python/object:os.system x\nsources: [{uri: a}]\n")  # safe loading only
+    assert error(path).startswith(f"{path}:1: not valid YAML: could not determine a constructor")
+
+
+def test_anchors_and_merge_keys(tmp_path: Path) -> None:
+    path = write(tmp_path, "model: m\ndefaults: &d {conf: 0.3}\nsources:\n  - {<<: *d, uri: a, iou: 0.2}\n")
+    assert (load_pipeline(path).sources[0].conf, load_pipeline(path).sources[0].iou) == (0.3, 0.2)
+    path = write(tmp_path, "model: &x [*x]\nsources: [{uri: a}]\n")  # a recursive alias ends, as an error
+    assert error(path) == f"{path}:1: model: a list is not text"
+
+
+def test_missing_and_empty_file(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.yaml"
+    assert error(missing) == f"{missing}: no such pipeline file (start from configs/cameras.yaml)"
+    for text in ("", "# only a comment\n"):
+        empty = write(tmp_path, text)
+        assert error(empty) == f"{empty}:1: the file is empty (start from configs/cameras.yaml)"
+    assert error(tmp_path).startswith(f"{tmp_path}: is a folder")
+
+
+def test_top_level_not_a_mapping(tmp_path: Path) -> None:
+    path = write(tmp_path, "- a\n- b\n")
+    assert error(path) == f"{path}:1: the file: a list is not a mapping of settings"
+    path = write(tmp_path, BASE + "run: 4\n")
+    assert error(path) == f"{path}:6: run: 4 is not a mapping of settings"
+
+
+def test_missing_required_settings(tmp_path: Path) -> None:
+    path = write(tmp_path, "model: demo\nsources:\n  - name: a\n    conf: 0.5\n")
+    assert error(path) == f"{path}:3: sources[0].uri: is required but missing"
+    path = write(tmp_path, "urls: [a]\nsources: [{uri: x}]\n")
+    assert error(path) == f"{path}:1: model: is required but missing"
+    path = write(tmp_path, "model: m\nsources: []\n")
+    assert error(path) == f"{path}:2: sources: needs at least one entry"
+
+
+def test_duplicate_names_and_uris_name_the_second(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE + "  - name: a\n    uri: b.mp4\n")
+    assert error(path) == f"{path}:6: sources[1].name: source name 'a' is already used by sources[0].name (line 4)"
+    path = write(tmp_path, BASE + "  - name: b\n    uri: rtsp://127.0.0.1:8554/cam0\n")
+    assert error(path) == (f"{path}:7: sources[1].uri: uri 'rtsp://127.0.0.1:8554/cam0' is already used by "
+                           "sources[0].uri (line 5)")
+
+
+def test_default_name_collides_with_a_given_one(tmp_path: Path) -> None:
+    # The second source is cam1 by default; a later `name: cam1` is the duplicate, reported on its own line.
+    path = write(tmp_path, BASE + "  - uri: b.mp4\n  - name: cam1\n    uri: c.mp4\n")
+    assert error(path).startswith(f"{path}:7: sources[2].name: source name 'cam1' is already used by sources[1].name (line 6)")
+
+
+def test_duplicate_urls_and_outputs(tmp_path: Path) -> None:
+    path = write(tmp_path, "model: m\nurls:\n  - 127.0.0.1:8000\n  - 127.0.0.1:8000\nsources: [{uri: a}]\n")
+    assert error(path).startswith(f"{path}:4: urls[1]: url '127.0.0.1:8000' is already used by urls[0] (line 3)")
+    path = write(tmp_path, BASE + "    outputs: {json: o.jsonl}\nrun:\n  json: o.jsonl\n")
+    assert error(path).startswith(f"{path}:6: sources[0].outputs.json: output file")
+
+
+def test_duplicate_key(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE + "    conf: 0.3\n    conf: 0.5\n")
+    assert error(path) == f"{path}:7: conf: given twice (first on line 6)"
+
+
+def test_several_problems_report_the_first_in_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "model: m\nsources:\n  - uri: a\n    iou: 2\n    conf: -1\n")
+    assert error(path) == f"{path}:4: sources[0].iou: 2 is out of range 0..1 (and 1 more problem)"
+
+
+# ---------------------------------------------------------------- value validation
+
+
+@pytest.mark.parametrize(("line", "where", "message"), [
+    ("conf: 1.01", "defaults.conf", "1.01 is out of range 0..1"),
+    ("conf: -0.1", "defaults.conf", "-0.1 is out of range 0..1"),
+    ("conf: .nan", "defaults.conf", "nan is not a finite number"),
+    ("conf: high", "defaults.conf", "'high' is not a number"),
+    ("conf: yes", "defaults.conf", "true is not a number"),
+    ("iou: 1.5", "defaults.iou", "1.5 is out of range 0..1"),
+    ("vid_stride: 0", "defaults.vid_stride", "0 is below the minimum 1"),
+    ("vid_stride: 1.5", "defaults.vid_stride", "1.5 is not a whole number"),
+    ("policy: newest", "defaults.policy", "'newest' is not one of auto, latest, block"),
+    ("classes: [0, -1]", "defaults.classes[1]", "-1 is below the minimum 0"),
+    ("classes: [0, a]", "defaults.classes[1]", "'a' is not a whole number"),
+    ("classes: 0", "defaults.classes", "0 is not a list"),
+])
+def test_default_values_checked(tmp_path: Path, line: str, where: str, message: str) -> None:
+    path = write(tmp_path, BASE + f"defaults:\n  {line}\n")
+    assert error(path) == f"{path}:7: {where}: {message}"
+
+
+@pytest.mark.parametrize(("line", "where", "message"), [
+    ("batch: 0", "run.batch", "0 is below the minimum 1"),
+    ("batch: '4'", "run.batch", "'4' is not a whole number"),
+    ("batch_timeout_ms: -1", "run.batch_timeout_ms", "-1 is below the minimum 0"),
+    ("concurrency: 0", "run.concurrency", "0 is below the minimum 1"),
+    ("shm: cuda", "run.shm", "'cuda' is not one of auto, system, none"),
+    ("stall_timeout: 0", "run.stall_timeout", "0 must be more than 0"),
+    ("reconnects: -1", "run.reconnects", "-1 is below the minimum 0"),
+    ("view: 'a b:80'", "run.view", "'a b:80' is not an endpoint: give host:port, e.g. 127.0.0.1:8000 or [::1]:8001"),
+])
+def test_run_values_checked(tmp_path: Path, line: str, where: str, message: str) -> None:
+    path = write(tmp_path, BASE + f"run:\n  {line}\n")
+    assert error(path) == f"{path}:7: {where}: {message}"
+
+
+def test_edge_values_accepted(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE + "defaults: {conf: 0, iou: 1, classes: []}\nrun: {batch: 1, batch_timeout_ms: 0, "
+                                  "reconnects: 0, concurrency: 1, view: '127.0.0.1:8080'}\n")
+    p = load_pipeline(path)
+    assert (p.sources[0].conf, p.sources[0].iou, p.sources[0].classes) == (0, 1, ())
+    assert (p.run.batch, p.run.batch_timeout_ms, p.run.reconnects, p.run.view) == (1, 0, 0, "127.0.0.1:8080")
+
+
+def test_protocol_urls_and_names_checked(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE + "protocol: https\n")
+    assert error(path) == f"{path}:6: protocol: 'https' is not one of http, grpc"
+    path = write(tmp_path, BASE.replace('["127.0.0.1:8000"]', '["127.0.0.1:8000", "host:99999"]'))
+    assert error(path) == f"{path}:2: urls[1]: 'host:99999': port 99999 is outside 1..65535"
+    path = write(tmp_path, BASE.replace("name: a", "name: front door"))
+    assert error(path).startswith(f"{path}:4: sources[0].name: 'front door' is not a plain name")
+    path = write(tmp_path, BASE.replace("uri: rtsp://127.0.0.1:8554/cam0", "uri: ''"))
+    assert error(path) == f"{path}:5: sources[0].uri: is empty"
+
+
+def test_grpc_pipeline(tmp_path: Path) -> None:
+    p = load_pipeline(write(tmp_path, BASE.replace("127.0.0.1:8000", "10.0.0.5:8001") + "protocol: grpc\n"))
+    assert (p.protocol, p.urls) == ("grpc", ["10.0.0.5:8001"])
+
+
+# ---------------------------------------------------------------- reload: changes()
+
+
+def pipeline(*sources: SourceConfig, run: RunConfig | None = None) -> Pipeline:
+    return Pipeline(Path("p.yaml"), "demo", ["127.0.0.1:8000"], "http", run or RunConfig(), list(sources))
+
+
+def test_changes_by_name() -> None:
+    a, b, c = (SourceConfig(name=n, uri=f"{n}.mp4") for n in "abc")
+    b2 = replace(b, conf=0.6)
+    diff = changes(pipeline(a, b), pipeline(a, b2, c))
+    assert (diff.added, diff.removed, diff.changed, diff.needs_restart) == ([c], [], [b2], [])
+    diff = changes(pipeline(a, b, c), pipeline(c))
+    assert (diff.added, diff.removed, diff.changed) == ([], [a, b], [])
+    assert not changes(pipeline(a, b), pipeline(b, a))  # order alone is no change
+
+
+def test_changes_renamed_source_is_removed_and_added() -> None:
+    a = SourceConfig(name="a", uri="x.mp4")
+    diff = changes(pipeline(a), pipeline(replace(a, name="z")))
+    assert [s.name for s in diff.added] == ["z"] and [s.name for s in diff.removed] == ["a"] and not diff.changed
+
+
+def test_changes_reports_run_wide_edits() -> None:
+    a = SourceConfig(name="a", uri="x.mp4")
+    old = pipeline(a)
+    new = replace(pipeline(a, run=RunConfig(batch=8)), model="other")
+    assert changes(old, new).needs_restart == ["model", "run.batch"]
+
+
+def test_changes_between_two_loads(tmp_path: Path) -> None:
+    first = load_pipeline(write(tmp_path, BASE + "  - name: b\n    uri: b.mp4\n"))
+    second = load_pipeline(write(tmp_path, BASE.replace("name: a", "name: a\n    conf: 0.9") + "  - name: c\n    uri: c.mp4\n"))
+    diff = changes(first, second)
+    assert [s.name for s in diff.added] == ["c"] and [s.name for s in diff.removed] == ["b"]
+    assert [(s.name, s.conf) for s in diff.changed] == [("a", 0.9)]
