@@ -235,3 +235,23 @@ def _nothing_left_behind() -> Iterator[None]:
     listing = "\n".join(f"  pid {pid}: {cmd}" for pid, cmd in left.items())
     pytest.fail(f"{len(left)} process(es) started by the tests outlived the session (now killed):\n{listing}",
                 pytrace=False)
+
+
+# ---------------------------------------------------------------- a real RTSP camera (GStreamer's RTSP server)
+
+from rtsp import RtspServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def camera_h264(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """10 s of the demo model's shapes at 1280x720, 30 fps, an IDR every second: what the fake cameras serve."""
+    from tritonctl.synthetic import write_h264
+
+    return write_h264(tmp_path_factory.mktemp("camera") / "camera.h264", seconds=10.0, width=1280, height=720, fps=30)
+
+
+@pytest.fixture
+def rtsp_server(camera_h264: Path) -> Iterator[RtspServer]:
+    """A real RTSP server on a free loopback port with two cameras, /cam0 and /cam1, looping `camera_h264`."""
+    with RtspServer.start({"cam0": camera_h264, "cam1": camera_h264}) as server:
+        yield server

@@ -44,7 +44,7 @@ def error(path: Path) -> str:
 def test_example_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
     p = load_pipeline(Path("configs/cameras.yaml"))
-    assert (p.model, p.urls, p.protocol) == ("demo", ["127.0.0.1:8000"], "http")
+    assert (p.model, p.urls, p.protocol) == ("shapes", ["127.0.0.1:8000"], "http")
     assert p.run == RunConfig(batch=4, batch_timeout_ms=5, concurrency=None, shm="auto", json=None, summary_json=None,
                               view=None, stall_timeout=5.0, reconnects=5)
     assert [s.name for s in p.sources] == ["gate", "yard", "cam2", "recording"]

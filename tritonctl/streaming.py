@@ -119,6 +119,7 @@ class Dispatcher:
         self._seq = 0
         self.emitted = 0  # frames the emitter has passed on, in order (see advance)
         self.keep_open = False  # sources may still be added (a watched pipeline file): none left is no end
+        self._assembling = False
 
     def wake(self) -> None:
         with self.cond:
@@ -142,24 +143,36 @@ class Dispatcher:
             self.cond.notify_all()
 
     def take(self, n: int, stop: threading.Event) -> tuple[list[tuple[int, Frame]], bool]:
-        """Up to n numbered frames and whether the run is over (every source exhausted, or stopping)."""
+        """Up to n numbered frames and whether the run is over (every source exhausted, or stopping).
+
+        One worker assembles a batch at a time: two assembling at once would each send half a batch."""
+        with self.cond:
+            while self._assembling and not stop.is_set():
+                self.cond.wait(0.5)
+            self._assembling = True
+            try:
+                return self._assemble(n, stop)
+            finally:
+                self._assembling = False
+                self.cond.notify_all()
+
+    def _assemble(self, n: int, stop: threading.Event) -> tuple[list[tuple[int, Frame]], bool]:
         frames: list[tuple[int, Frame]] = []
         deadline = 0.0
-        with self.cond:
-            while not stop.is_set():
-                room = self.window - (self._seq - self.emitted)
-                if room > 0 and len(frames) < n:
-                    frames += self._collect(min(n - len(frames), room))
-                now = time.perf_counter()
-                if frames:
-                    deadline = deadline or now + self.batch_timeout_s
-                    if len(frames) >= n or now >= deadline or self._all_in(frames):
-                        return frames, False
-                    self.cond.wait(deadline - now)
-                elif not self.keep_open and all(q.exhausted for q in self.queues.values()):
-                    return [], True
-                else:
-                    self.cond.wait(0.5)  # woken by a frame, a closed source or the emitter; the timeout only rechecks
+        while not stop.is_set():
+            room = self.window - (self._seq - self.emitted)
+            if room > 0 and len(frames) < n:
+                frames += self._collect(min(n - len(frames), room))
+            now = time.perf_counter()
+            if frames:
+                deadline = deadline or now + self.batch_timeout_s
+                if len(frames) >= n or now >= deadline or self._all_in(frames):
+                    return frames, False
+                self.cond.wait(deadline - now)
+            elif not self.keep_open and all(q.exhausted for q in self.queues.values()):
+                return [], True
+            else:
+                self.cond.wait(0.5)  # woken by a frame, a closed source or the emitter; the timeout only rechecks
         return frames, True
 
     def _all_in(self, frames: list[tuple[int, Frame]]) -> bool:
@@ -297,7 +310,7 @@ class SourceRun:
     reader: Reader
     halt: threading.Event  # stops this reader alone (a source removed at run time)
     sinks: list[Sink] = field(default_factory=list)
-    state: str = "running"  # running, ended, removed
+    state: str = "running"  # running; then ended (its end), failed (gave up), stopped (the run was), removed
     added_at: float = field(default_factory=time.perf_counter)
     removed_at: float = 0.0
 
@@ -332,7 +345,7 @@ class Detection:
         self.written: list[tuple[Path, int]] = []  # (file or image folder, frames in it), once the sinks are closed
         self.error: BaseException | None = None  # what ended the run early (a worker's), once run() returns
         self.server_delta: dict[str, float] = {}
-        self._started = False
+        self._cut_short: set[int] = set()
 
     @property
     def readers(self) -> list[Reader]:
@@ -355,6 +368,8 @@ class Detection:
 
     def request_stop(self) -> None:
         """Stop reading everywhere; workers finish what is in flight; the writer finalizes the files."""
+        if not self.stop.is_set():  # the sources still reading now were stopped, not ended
+            self._cut_short = {sid for sid, src in self.sources.items() if src.reader.is_alive()}
         self.stop.set()
         for src in list(self.sources.values()):
             src.halt.set()
@@ -444,7 +459,6 @@ class Detection:
             self._close_sinks([*self.sinks, *(s for src in self.sources.values() for s in src.sinks)])
             raise
         before = self._server_stats()
-        self._started = True
         for t in [*self.readers, *workers]:
             t.start()
         try:
@@ -471,9 +485,9 @@ class Detection:
                 reader.join(timeout=5)
         for frame in self.dispatcher.drain():
             self.stats.count_interrupted(frame.source)
-        for src in self.sources.values():
+        for sid, src in self.sources.items():
             if src.state == "running":
-                src.state = "ended"
+                src.state = "stopped" if sid in self._cut_short else ("failed" if src.reader.stats.error else "ended")
                 self._close_sinks(src.sinks)
         self._close_sinks(self.sinks)
         self.stats.finished = time.perf_counter()

@@ -43,8 +43,8 @@ class SourceSummary:
     stalls: int
     reconnects: int
     error: str
-    fps: float  # inferred frames per second while the source was part of the run
-    state: str  # ended, removed (a reloaded pipeline file), running (the run was stopped)
+    fps: float  # inferred frames per second from its first frame to its end (a live source's connecting not counted)
+    state: str  # ended (its end), failed (gave up), stopped (Ctrl-C, or the run ended first), removed (a reload)
     latency_ms: dict[str, float]  # end to end, frame decoded -> result written: p50, p95, p99, mean
 
     def count(self, name: str) -> int:
@@ -121,7 +121,7 @@ def source_summary(run: Detection, src: SourceRun, now: float) -> SourceSummary:
         inferred=inferred, skipped_stride=rs.skipped_stride, dropped=src.queue.dropped,
         interrupted=st.interrupted.get(sid, 0) + rs.interrupted, failed=st.failed.get(sid, 0) + rs.failed,
         stalls=rs.stalls, reconnects=rs.reconnects, error=rs.error,
-        fps=inferred / max(until - max(src.added_at, st.started), 1e-9), state=src.state,
+        fps=inferred / max(until - (rs.first_frame_at or src.added_at), 1e-9), state=src.state,
         latency_ms=percentiles(st.source_latency.get(sid)))
 
 

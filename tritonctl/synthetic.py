@@ -219,3 +219,32 @@ def write_video(path: str | Path, n_frames: int = 60, width: int = 640, height: 
     gt_path = path.with_suffix(path.suffix + ".gt.json")
     gt_path.write_text(json.dumps({"names": list(CLASS_NAMES), "frames": gt}))
     return gt_path
+
+
+def write_h264(path: str | Path, seconds: float = 10.0, width: int = 1280, height: int = 720, fps: int = 30,
+               gop: int = 30, seed: int = 0) -> Path:
+    """Write the scenes of `video_frames` as a raw Annex-B H.264 stream (a fake camera's feed) and return its path.
+
+    Shaped for serving over RTSP without re-encoding, looped: constrained baseline (no B-frames, so decode order is
+    display order and the loop point needs no reordering), an IDR exactly every `gop` frames (no scene cuts, so a
+    late viewer waits at most one GOP) with SPS/PPS repeated before each (x264 does so when the stream has no global
+    header), and the first frame an IDR, so jumping from the last frame back to the first is a clean restart.
+    """
+    import av
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n_frames = max(1, round(seconds * fps))
+    with av.open(str(path), "w", format="h264") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {
+            "preset": "veryfast", "tune": "zerolatency", "profile": "baseline", "crf": "30",
+            # sliced threads (what zerolatency picks) split frames into slices: harmless, but one slice per frame
+            # keeps every RTP frame a single NAL unit, which is what most cameras send
+            "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0:sliced-threads=0:repeat-headers=1",
+        }
+        for frame, _ in video_frames(n_frames, width, height, seed):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")))
+        out.mux(stream.encode(None))
+    return path

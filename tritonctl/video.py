@@ -144,6 +144,7 @@ class SourceStats:
     total: int | None = None  # frames expected (files), None when unknown (live)
     fps: float = 0.0
     size: tuple[int, int] = (0, 0)  # width, height
+    first_frame_at: float = 0.0  # perf_counter when the first frame was queued (a live source: when it started)
 
 
 UNREADABLE_KEPT = 5  # image files named per source when they cannot be decoded; later ones are only counted
@@ -194,7 +195,9 @@ class Reader(threading.Thread):
                 if not self.queue.put(frame, self.stop):
                     self.stats.interrupted += 1
                     break
-                self.streaming.set()
+                if not self.streaming.is_set():
+                    self.stats.first_frame_at = frame.read_at
+                    self.streaming.set()
         except ConnectionError as exc:  # a live source that gave up: its own words say it all
             self.stats.error = str(exc)
         except Exception as exc:  # reported in the summary and the run's exit status, never swallowed
@@ -326,7 +329,11 @@ class AvCapture:
     def __init__(self, uri: str, timeout_s: float = 5.0) -> None:
         import av
 
-        options = {"fflags": "nobuffer", "flags": "low_delay", "analyzeduration": "0", "probesize": "32768"}
+        # Measured against GStreamer's RTSP server: FFmpeg's default probing holds av.open ~1 s; with analyzeduration 0
+        # and the smallest probe the first frame comes after ~90 ms. low_delay also turns off frame threading (frames
+        # held back per thread). Not fflags=nobuffer: it drops the probed packets, and the first frame waits for the
+        # next keyframe (~1 s).
+        options = {"flags": "low_delay", "analyzeduration": "0", "probesize": "32"}
         if uri.lower().startswith("rtsp://"):
             options["rtsp_transport"] = "tcp"  # UDP loses packets under load: smeared frames, not counted drops
         try:
