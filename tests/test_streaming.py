@@ -309,3 +309,16 @@ def test_the_live_view_serves_figures_and_frames(demo_triton: Triton, rtsp_serve
         code, summary, stderr = run.stop()
     assert code == 130, stderr
     assert {s["state"] for s in summary["sources"]} == {"stopped"}  # by Ctrl-C, while streaming
+
+
+@_live
+def test_sixteen_cameras_stream_within_three_seconds(demo_triton: Triton, camera_h264: Path, tmp_path: Path) -> None:
+    """OpenCV's FFmpeg opened RTSP cameras one after another, ~5 s each: 16 would have started after 80 s."""
+    with RtspServer.start({f"cam{i}": camera_h264 for i in range(16)}) as cameras:
+        time.sleep(1)  # the server's mounts are playing, as cameras are
+        run = _Detect([cameras.url(f"cam{i}") for i in range(16)] + ["-m", "shapes", "--url", demo_triton.url], tmp_path)
+        time.sleep(6)
+        code, summary, stderr = run.stop()
+    assert code == 130, stderr
+    started = [s["first_frame_s"] for s in summary["sources"]]
+    assert all(s is not None and s < 3.0 for s in started), started

@@ -493,16 +493,17 @@ def start_view(settings: DetectSettings, run: Detection) -> LiveView:
 
 
 class LiveFigures:
-    """Per source, the figures the live view polls: frames per second over the last poll interval (at least 1 s),
-    end-to-end latency so far, drops, stalls, reconnects. Called from the view's thread."""
+    """Per source, the figures the live view polls, over the last window (at least 1 s between polls): frames per
+    second and end-to-end latency p50/p99 now, not averaged since the start; drops, stalls, reconnects so far.
+    Called from the view's thread."""
 
-    def __init__(self, run: Detection, clock: Any = time.perf_counter) -> None:
-        self.run, self.clock = run, clock
+    def __init__(self, run: Detection, clock: Any = time.perf_counter, window_s: float = 1.0) -> None:
+        self.run, self.clock, self.window_s = run, clock, window_s
         self._last: dict[int, tuple[float, int]] = {}
-        self._fps: dict[int, float] = {}
+        self._now: dict[int, dict[str, float]] = {}
 
     def __call__(self) -> list[dict[str, Any]]:
-        from tritonctl.summary import source_summary
+        from tritonctl.summary import percentiles, source_summary
 
         now = self.clock()
         out = []
@@ -511,15 +512,15 @@ class LiveFigures:
                 continue
             s = source_summary(self.run, src, now)
             t0, n0 = self._last.setdefault(s.id, (src.added_at, 0))
-            if now - t0 >= 1.0:
-                self._fps[s.id] = (s.inferred - n0) / (now - t0)
+            if now - t0 >= self.window_s:
+                p = percentiles(self.run.stats.take_recent(s.id))
+                self._now[s.id] = {"fps": (s.inferred - n0) / (now - t0), "p50": p.get("p50", 0.0), "p99": p.get("p99", 0.0)}
                 self._last[s.id] = (now, s.inferred)
-            state = "stalled" if s.error or (s.stalls and not src.reader.streaming.is_set()) else \
-                ("streaming" if src.reader.streaming.is_set() else "connecting")
-            out.append({"source": s.name or str(s.id), "id": s.id, "uri": s.uri, "state": state,
-                        "fps": round(self._fps.get(s.id, 0.0), 1), "inferred": s.inferred,
-                        "latency_p50_ms": round(s.latency_ms.get("p50", 0.0), 1),
-                        "latency_p99_ms": round(s.latency_ms.get("p99", 0.0), 1),
+            figures = self._now.get(s.id, {})
+            out.append({"source": s.id, "name": s.name, "uri": s.uri, "state": src.reader.state,
+                        "fps": round(figures.get("fps", 0.0), 1), "inferred": s.inferred,
+                        "latency_p50_ms": round(figures.get("p50", 0.0), 1),
+                        "latency_p99_ms": round(figures.get("p99", 0.0), 1),
                         "dropped": s.dropped, "stalls": s.stalls, "reconnects": s.reconnects})
         return out
 

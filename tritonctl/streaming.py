@@ -71,6 +71,7 @@ class RunStats:
     interrupted: dict[int, int] = field(default_factory=dict)
     stages: dict[str, LatencyHistogram] = field(default_factory=lambda: {k: LatencyHistogram() for k in STAGES})
     source_latency: dict[int, LatencyHistogram] = field(default_factory=dict)  # end to end, per source
+    recent_latency: dict[int, LatencyHistogram] = field(default_factory=dict)  # the same since take_recent last ran
     requests: int = 0
     retries: int = 0
     bytes_sent: int = 0
@@ -86,7 +87,13 @@ class RunStats:
             for k, v in result.timings.items():
                 self.stages[k].add(v)
             self.source_latency.setdefault(sid, LatencyHistogram()).add(result.timings["end_to_end"])
+            self.recent_latency.setdefault(sid, LatencyHistogram()).add(result.timings["end_to_end"])
             self.per_endpoint[result.endpoint] = self.per_endpoint.get(result.endpoint, 0) + 1
+
+    def take_recent(self, source: int) -> LatencyHistogram | None:
+        """End-to-end latency of one source since the last call (the live view's window), and a fresh window."""
+        with self.lock:
+            return self.recent_latency.pop(source, None)
 
     def count_interrupted(self, source: int, n: int = 1) -> None:
         with self.lock:
@@ -459,6 +466,8 @@ class Detection:
             self._close_sinks([*self.sinks, *(s for src in self.sources.values() for s in src.sinks)])
             raise
         before = self._server_stats()
+        for src in self.sources.values():
+            src.added_at = time.perf_counter()  # a source's clock starts with its reader
         for t in [*self.readers, *workers]:
             t.start()
         try:

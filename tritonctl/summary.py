@@ -44,6 +44,7 @@ class SourceSummary:
     reconnects: int
     error: str
     fps: float  # inferred frames per second from its first frame to its end (a live source's connecting not counted)
+    first_frame_s: float | None  # seconds from the source joining the run to its first frame (None: never had one)
     state: str  # ended (its end), failed (gave up), stopped (Ctrl-C, or the run ended first), removed (a reload)
     latency_ms: dict[str, float]  # end to end, frame decoded -> result written: p50, p95, p99, mean
 
@@ -122,6 +123,7 @@ def source_summary(run: Detection, src: SourceRun, now: float) -> SourceSummary:
         interrupted=st.interrupted.get(sid, 0) + rs.interrupted, failed=st.failed.get(sid, 0) + rs.failed,
         stalls=rs.stalls, reconnects=rs.reconnects, error=rs.error,
         fps=inferred / max(until - (rs.first_frame_at or src.added_at), 1e-9), state=src.state,
+        first_frame_s=rs.first_frame_at - src.added_at if rs.first_frame_at else None,
         latency_ms=percentiles(st.source_latency.get(sid)))
 
 

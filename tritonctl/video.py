@@ -164,6 +164,7 @@ class Reader(threading.Thread):
         self._capture: Capture | None = None
         self._opened = False  # a live source that never opened gives up with "cannot open", not "stalled"
         self.streaming = threading.Event()  # set once the first frame is queued (live sources: when they started)
+        self.state = "connecting"  # now: connecting, streaming, stalled (reconnecting), ended, failed
         if spec.kind == "video":  # a file must open now: a bad one is refused before anything starts
             self._capture = CvCapture(spec, check=True, timeout_s=stall_timeout_s)
             self._describe(self._capture)
@@ -203,6 +204,7 @@ class Reader(threading.Thread):
         except Exception as exc:  # reported in the summary and the run's exit status, never swallowed
             self.stats.error = f"{type(exc).__name__}: {exc}"
         finally:
+            self.state = "failed" if self.stats.error else "ended"
             if self._capture is not None:
                 self._capture.release()
             self.queue.close()
@@ -247,11 +249,13 @@ class Reader(threading.Thread):
             ok, image, _ = self._capture.read(convert=not index % self.vid_stride) if self._capture else (False, None, 0)
             if ok:
                 failures, backoff = 0, 0.5
+                self.state = "streaming"
                 yield index, image, time.time() - start, time.perf_counter() - t, None
                 index += 1
                 continue
             failures += 1
             self.stats.stalls += 1
+            self.state = "stalled" if self._opened else "connecting"
             if failures > self.max_reconnects:
                 raise ConnectionError(self._gave_up())
             if self._capture is not None:

@@ -9,7 +9,7 @@ Three parts:
   multipart/x-mixed-replace JPEG stream, `/api/sources` the figures as JSON.
 
 `figures()` (given by detect) returns one dict per source the page shows; the page reads these keys, any may be missing:
-  {"source": 0, "uri": "rtsp://cam/1", "state": "streaming", "fps": 29.8, "latency_p50_ms": 41.0,
+  {"source": 0, "name": "gate", "uri": "rtsp://cam/1", "state": "streaming", "fps": 29.8, "latency_p50_ms": 41.0,
    "latency_p99_ms": 88.5, "dropped": 3, "stalls": 0, "reconnects": 1}
 It is called from the server thread, once a second per open page: it must be thread-safe and quick.
 """
@@ -443,7 +443,7 @@ function makeTile(id) {
 }
 
 function update(tile, src) {
-  tile.uri.textContent = "#" + src.source + " " + (src.uri || "");
+  tile.uri.textContent = "#" + src.source + " " + (src.name ? src.name + " " : "") + (src.uri || "");
   tile.uri.title = src.uri || "";
   tile.state.textContent = src.state || "";
   tile.state.className = "state " + (src.state || "");
