@@ -250,6 +250,8 @@ class Reader(threading.Thread):
             if ok:
                 failures, backoff = 0, 0.5
                 self.state = "streaming"
+                if self.stats.size == (0, 0) and self._capture is not None:  # a stream says its size with its frames
+                    self.stats.size = self._capture.size
                 yield index, image, time.time() - start, time.perf_counter() - t, None
                 index += 1
                 continue
