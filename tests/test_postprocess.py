@@ -96,3 +96,43 @@ def test_cli_refuses_max_det_minus_one_in_one_line(tmp_path: Path) -> None:
     for flags, words in ((["--max-det", "-1"], "--max-det -1"), (["--conf", "2"], "--conf 2"),
                          (["--classes", "1,-2"], "--classes 1,-2")):
         assert_one_line_error(run_cli("detect", str(tmp_path), "-m", "m", *flags), 2, words)
+
+
+def _rowwise(pred: np.ndarray, s: PostSettings) -> np.ndarray:
+    """The anchors decoding as first written (every candidate transposed, argmax row by row): the reference."""
+    from tritonctl.postprocess import _nms, _xywh_to_xyxy
+
+    best = pred[4:].max(0)
+    rows = pred[:, np.flatnonzero(best > s.conf)].T.astype(np.float32)
+    if not len(rows):
+        return np.zeros((0, 6), np.float32)
+    cls = rows[:, 4:].argmax(1)
+    score = rows[:, 4:][np.arange(len(cls)), cls]
+    keep = score > s.conf
+    if s.classes is not None:
+        keep &= np.isin(cls, s.classes)
+    return _nms(_xywh_to_xyxy(rows[keep, :4]), score[keep], cls[keep], s).rows()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_anchors_equal_the_rowwise_decoding(dtype: str) -> None:
+    rng = np.random.default_rng(7)
+    for trial in range(300):
+        nc, anchors = int(rng.integers(1, 6)), int(rng.integers(1, 900))
+        pred = np.empty((4 + nc, anchors), np.float32)
+        pred[:2] = rng.random((2, anchors)) * 192
+        pred[2:4] = rng.random((2, anchors)) * 60
+        pred[4:] = rng.random((nc, anchors)) ** int(rng.integers(1, 12))
+        if trial % 7 == 0:
+            pred[4, rng.integers(0, anchors)] = np.nan
+        pred = pred.astype(dtype)
+        s = PostSettings(conf=float(rng.choice([0.01, 0.25, 0.5])), classes=(0, 2) if trial % 5 == 0 else None,
+                         agnostic=trial % 4 == 0)
+        got = decode_one(pred, "anchors", s)
+        assert got.boxes.dtype == got.scores.dtype == np.float32 and got.classes.dtype == np.int64
+        np.testing.assert_array_equal(got.rows(), _rowwise(pred, s))
+
+
+def test_nms_of_one_box_or_none() -> None:
+    assert nms(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), 0.45).tolist() == []
+    assert nms(np.array([[0, 0, 1, 1]], np.float32), np.array([0.5], np.float32), 0.45).tolist() == [0]

@@ -82,3 +82,32 @@ def test_fp16_table_equals_fp32_rounded() -> None:
     half(frame)
     full(frame)
     np.testing.assert_array_equal(half.batch, full.batch.astype(np.float16))
+
+
+def test_the_resize_lands_in_the_canvas_itself_and_equals_a_resize_copy() -> None:
+    import cv2
+
+    rng = np.random.default_rng(3)
+    pre = Preprocessor(192, 256, "uint8")
+    for h, w in [(1080, 1920), (333, 777), (5, 1900), (1900, 5)]:
+        frame = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        box = pre.letterbox(frame)
+        nw, nh = box.resized
+        region = pre._canvas[box.pad_y:box.pad_y + nh, box.pad_x:box.pad_x + nw]
+        np.testing.assert_array_equal(region, cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_LINEAR))
+        outside = np.ones(pre._canvas.shape[:2], bool)
+        outside[box.pad_y:box.pad_y + nh, box.pad_x:box.pad_x + nw] = False
+        assert (pre._canvas[outside] == 114).all()  # the pad, also after a frame of another size
+
+
+def test_to_source_maps_both_axes_in_place_and_takes_no_boxes() -> None:
+    box = Letterbox.fit(1080, 1920, 192, 192)
+    boxes = np.array([[0, 42, 192, 150], [96, 96, 100, 100], [-5, 0, 300, 300]], np.float32)
+    new_w, new_h = box.resized
+    want = boxes.copy()
+    want[:, [0, 2]] = ((want[:, [0, 2]] - box.pad_x) / (new_w / 1920)).clip(0, 1920)
+    want[:, [1, 3]] = ((want[:, [1, 3]] - box.pad_y) / (new_h / 1080)).clip(0, 1080)
+    got = box.to_source(boxes)
+    assert got is boxes
+    np.testing.assert_array_equal(got, want)
+    assert box.to_source(np.zeros((0, 4), np.float32)).shape == (0, 4)

@@ -40,9 +40,13 @@ class Letterbox:
 
         Each axis is divided by its true resize ratio (resized pixels / source pixels): the rounding of the resized
         size makes it differ from `scale` by up to half a pixel over the frame, as Ultralytics' scale_boxes knows."""
+        if not len(boxes):
+            return boxes
         new_w, new_h = self.resized
-        boxes[:, [0, 2]] = ((boxes[:, [0, 2]] - self.pad_x) / (new_w / self.src_w)).clip(0, self.src_w)
-        boxes[:, [1, 3]] = ((boxes[:, [1, 3]] - self.pad_y) / (new_h / self.src_h)).clip(0, self.src_h)
+        # Strided views (x1, x2 and y1, y2), not fancy indexing: the same arithmetic without gathering copies.
+        xs, ys = boxes[:, 0::2], boxes[:, 1::2]
+        xs[:] = ((xs - self.pad_x) / (new_w / self.src_w)).clip(0, self.src_w)
+        ys[:] = ((ys - self.pad_y) / (new_h / self.src_h)).clip(0, self.src_h)
         return boxes
 
 
@@ -84,7 +88,10 @@ class Preprocessor:
         if (nw, nh) == (w, h):
             region[:] = frame
         else:
-            region[:] = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_LINEAR)
+            # Straight into the canvas (a strided view OpenCV writes in place): no resized copy to allocate and copy.
+            resized = cv2.resize(frame, (nw, nh), dst=region, interpolation=cv2.INTER_LINEAR)
+            if resized is not region:  # OpenCV had to allocate (it never does for this view, but stay correct)
+                region[:] = resized
         return box
 
     def __call__(self, frame: np.ndarray, row: int = 0) -> Letterbox:
