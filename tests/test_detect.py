@@ -671,3 +671,27 @@ def test_the_other_protocols_port_is_named(triton: Triton, small_video: Path, tm
     assert_one_line_error(http_on_grpc, 2, f"{triton.grpc_url} is Triton's gRPC port",
                           "--protocol http needs the HTTP port (default 8000)")
     assert not (tmp_path / "b").exists()
+
+
+# ---------------------------------------------------------------- the pipeline file and the flags that override it
+
+
+def test_flags_given_override_the_pipeline_file(small_video: Path, tmp_path: Path) -> None:
+    from tritonctl.detect import settings_from_flags
+
+    second = tmp_path / "b.mp4"
+    second.write_bytes(small_video.read_bytes())
+    config = tmp_path / "cameras.yaml"
+    config.write_text(f"model: shapes\nurls: ['127.0.0.1:8000']\nrun: {{batch: 4, batch_timeout_ms: 20}}\n"
+                      f"defaults: {{conf: 0.3}}\nsources:\n  - {{name: a, uri: '{small_video}', conf: 0.6, vid_stride: 3}}\n"
+                      f"  - {{name: b, uri: '{second}'}}\n")
+    unset = dict.fromkeys(("model", "conf", "batch", "batch_timeout_s", "vid_stride", "urls"))
+    from_file = settings_from_flags(config, [], unset)
+    a, b = from_file.source_options
+    assert (from_file.model, from_file.batch, from_file.batch_timeout_s) == ("shapes", 4, 0.02)
+    assert (a.name, a.post.conf, a.vid_stride) == ("a", 0.6, 3) and (b.name, b.post.conf, b.vid_stride) == ("b", 0.3, 1)
+    flags = {**unset, "conf": 0.5, "batch": 2, "model": "other", "urls": ["127.0.0.1:9000"]}
+    overridden = settings_from_flags(config, [], flags)
+    assert (overridden.model, overridden.batch, overridden.urls) == ("other", 2, ["127.0.0.1:9000"])
+    assert [o.post.conf for o in overridden.source_options] == [0.5, 0.5]  # a flag wins over every source's value
+    assert [o.vid_stride for o in overridden.source_options] == [3, 1]  # what no flag names stays the file's
