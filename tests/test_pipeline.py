@@ -45,7 +45,7 @@ def test_example_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
     p = load_pipeline(Path("configs/cameras.yaml"))
     assert (p.model, p.urls, p.protocol) == ("shapes", ["127.0.0.1:8000"], "http")
-    assert p.run == RunConfig(batch=4, batch_timeout_ms=5, concurrency=None, shm="auto", json=None, summary_json=None,
+    assert p.run == RunConfig(batch=None, batch_timeout_ms=10, concurrency=None, shm="auto", json=None, summary_json=None,
                               view=None, stall_timeout=5.0, reconnects=5)
     assert [s.name for s in p.sources] == ["gate", "yard", "cam2", "recording"]
     assert [s.uri for s in p.sources][:3] == [f"rtsp://127.0.0.1:8554/cam{i}" for i in range(3)]
@@ -227,7 +227,8 @@ def test_default_values_checked(tmp_path: Path, line: str, where: str, message: 
     ("shm: cuda", "run.shm", "'cuda' is not one of auto, system, none"),
     ("stall_timeout: 0", "run.stall_timeout", "0 must be more than 0"),
     ("reconnects: -1", "run.reconnects", "-1 is below the minimum 0"),
-    ("view: 'a b:80'", "run.view", "'a b:80' is not an endpoint: give host:port, e.g. 127.0.0.1:8000 or [::1]:8001"),
+    ("view: 'a b:80'", "run.view", "--view a b:80: expected HOST:PORT with a port 1-65535, e.g. --view 127.0.0.1:8080, "
+                                    "--view :8080 (this machine only) or --view 0.0.0.0:8080 (every interface)"),
 ])
 def test_run_values_checked(tmp_path: Path, line: str, where: str, message: str) -> None:
     path = write(tmp_path, BASE + f"run:\n  {line}\n")
@@ -236,10 +237,10 @@ def test_run_values_checked(tmp_path: Path, line: str, where: str, message: str)
 
 def test_edge_values_accepted(tmp_path: Path) -> None:
     path = write(tmp_path, BASE + "defaults: {conf: 0, iou: 1, classes: []}\nrun: {batch: 1, batch_timeout_ms: 0, "
-                                  "reconnects: 0, concurrency: 1, view: '127.0.0.1:8080'}\n")
+                                  "reconnects: 0, concurrency: 1, view: ':8080'}\n")
     p = load_pipeline(path)
     assert (p.sources[0].conf, p.sources[0].iou, p.sources[0].classes) == (0, 1, ())
-    assert (p.run.batch, p.run.batch_timeout_ms, p.run.reconnects, p.run.view) == (1, 0, 0, "127.0.0.1:8080")
+    assert (p.run.batch, p.run.batch_timeout_ms, p.run.reconnects, p.run.view) == (1, 0, 0, ":8080")  # as --view
 
 
 def test_protocol_urls_and_names_checked(tmp_path: Path) -> None:

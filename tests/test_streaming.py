@@ -233,26 +233,42 @@ def test_ctrl_c_while_cameras_connect_still_writes_the_summary(demo_triton: Trit
 
 
 def _pipeline(path: Path, triton: Triton, sources: str) -> Path:
-    path.write_text(f"model: shapes\nurls: ['{triton.url}']\nrun: {{stall_timeout: 2}}\nsources:\n{sources}")
+    path.write_text(f"model: shapes\nurls: ['{triton.url}']\nrun: {{stall_timeout: 2, json: {path.parent / 'all.jsonl'}}}\n"
+                    f"sources:\n{sources}")
     return path
 
 
 @_live
-def test_a_reloaded_pipeline_file_adds_and_removes_sources(demo_triton: Triton, rtsp_server: RtspServer,
-                                                           tmp_path: Path) -> None:
-    config = _pipeline(tmp_path / "cameras.yaml", demo_triton, f"  - {{name: a, uri: '{rtsp_server.url('cam0')}'}}\n")
-    run = _Detect(["--config", str(config)], tmp_path)
-    time.sleep(4)
-    _pipeline(config, demo_triton, f"  - {{name: b, uri: '{rtsp_server.url('cam1')}'}}\n")
-    time.sleep(1)
-    run.proc.send_signal(signal.SIGHUP)  # a file change is also seen within a second; SIGHUP is at once
-    time.sleep(5)
-    code, summary, stderr = run.stop()
+def test_a_reloaded_pipeline_file_adds_removes_and_restarts_sources(demo_triton: Triton, camera_h264: Path,
+                                                                    tmp_path: Path) -> None:
+    """Reload: `a` changed (restarted; its JSON Lines go on in a.1.jsonl, a.jsonl is kept), `b` removed, `c` added
+    (and written to the run-wide JSON Lines, which once knew only the sources it started with)."""
+    with RtspServer.start({f"cam{i}": camera_h264 for i in range(3)}) as cams:
+        def source(name: str, cam: int, conf: float = 0.25) -> str:
+            return (f"  - {{name: {name}, uri: '{cams.url(f'cam{cam}')}', conf: {conf}, "
+                    f"outputs: {{json: {tmp_path / name}.jsonl}}}}\n")
+
+        config = _pipeline(tmp_path / "cameras.yaml", demo_triton, source("a", 0) + source("b", 1))
+        run = _Detect(["--config", str(config)], tmp_path)
+        time.sleep(4)
+        _pipeline(config, demo_triton, source("a", 0, conf=0.5) + source("c", 2))
+        time.sleep(1)
+        run.proc.send_signal(signal.SIGHUP)  # a file change is also seen within a second; SIGHUP is at once
+        time.sleep(5)
+        code, summary, stderr = run.stop()
     assert code == 130, stderr
-    a, b = _by_name(summary)["a"], _by_name(summary)["b"]
-    assert a["state"] == "removed" and a["inferred"] > 30 and _accounted(a)
-    assert b["state"] == "stopped" and b["inferred"] > 30 and b["error"] == ""
-    assert summary["reloads"] >= 1
+    rows = summary["sources"]
+    assert sorted((s["name"], s["state"]) for s in rows) == [("a", "removed"), ("a", "stopped"), ("b", "removed"),
+                                                              ("c", "stopped")], rows
+    assert all(s["inferred"] > 30 and s["error"] == "" and _accounted(s) for s in rows), rows
+    assert summary["reloads"] >= 1  # the edit, seen by the watcher; SIGHUP may make a second (no change)
+    written = {Path(w["path"]).name: w["frames"] for w in summary["written"]}
+    assert {"a.jsonl", "a.1.jsonl", "b.jsonl", "c.jsonl", "all.jsonl"} <= set(written), written
+    restarted = [json.loads(x) for x in (tmp_path / "a.1.jsonl").read_text().splitlines()]
+    assert restarted and all(d["score"] >= 0.5 for line in restarted for d in line["detections"])  # the new conf
+    everything = [json.loads(x) for x in (tmp_path / "all.jsonl").read_text().splitlines()]
+    assert {line["uri"].rsplit("/", 1)[1] for line in everything} == {"cam0", "cam1", "cam2"}
+    assert len(everything) == sum(s["inferred"] for s in rows)
 
 
 @_live

@@ -421,7 +421,8 @@ def detect(
     protocol: str | None = typer.Option(None, help="http (default) or grpc (give the gRPC port in --url)"),
     shm: str | None = typer.Option(None, help="auto (default: system shared memory when the server is on this host), "
                                               "system, none"),
-    concurrency: int | None = typer.Option(None, help="requests in flight (default: from the model's max batch)"),
+    concurrency: int | None = typer.Option(None, help="requests in flight (default: 2 with live cameras, for latency; "
+                                                         "else from the model's max batch)"),
     batch: int | None = typer.Option(None, help="frames per request, across sources (default: one per live camera, up "
                                                 "to 8; 1 for files)"),
     batch_timeout_ms: float | None = typer.Option(None, help="a batch that is not full goes after this long (default 10)"),

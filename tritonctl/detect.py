@@ -65,6 +65,7 @@ class DetectSettings:
     stall_timeout_s: float = 5.0
     reconnects: int = 5
     pipeline: Pipeline | None = None  # the pipeline file this run came from (reloaded on SIGHUP or a change)
+    overrides: dict[str, Any] = field(default_factory=dict)  # the flags given over the file (a reload applies them too)
 
     @classmethod
     def create(cls, *, sources: list[str], urls: list[str], batch: int | None = None,
@@ -160,11 +161,13 @@ def settings_from_pipeline(pipeline: Pipeline, sources: list[str], flags: dict[s
         "json_path": given.get("json_path", run.json), "summary_json": given.get("summary_json", run.summary_json),
         "view": given.get("view", run.view), "stall_timeout_s": given.get("stall_timeout_s", run.stall_timeout),
         "reconnects": given.get("reconnects", run.reconnects), "source_options": tuple(per_source),
-        "post": PostSettings(**post_flags), "pipeline": pipeline,
+        "post": PostSettings(**post_flags), "pipeline": pipeline, "overrides": given,
     }
     kw.update({k: given[k] for k in ("realtime", "output", "show", "server_timeout_s") if k in given})
     urls = given.get("urls") or list(pipeline.urls)
-    return DetectSettings.create(sources=[src.uri for src in pipeline.sources] + list(sources), urls=urls, **kw)
+    settings = DetectSettings.create(sources=[src.uri for src in pipeline.sources] + list(sources), urls=urls, **kw)
+    # The file's batch is a wish: the model's max batch caps it, as it caps the default. A --batch is taken as said.
+    return settings if "batch" in given or run.batch is None else replace(settings, batch_auto=True)
 
 
 def _options(src: SourceConfig, post_flags: dict[str, Any], given: dict[str, Any]) -> SourceOptions:
@@ -333,7 +336,7 @@ def open_sinks(settings: DetectSettings, run: Detection, extra: list[Sink] | Non
         raise BadInput("--show needs a display (no DISPLAY set): use --output to write a video instead")
     sinks: list[Sink] = list(extra or [])
     if settings.json_path is not None:
-        sinks.append(JsonlSink(settings.json_path, settings.sources))
+        sinks.append(JsonlSink(settings.json_path, lambda sid: run.sources[sid].spec.uri))
     targets = settings.output_targets()
     kinds = {src.id: src.kind for src in settings.sources}
     images = {sid: p for sid, p in targets.items() if kinds[sid] == "images"}
@@ -361,9 +364,9 @@ def source_sinks(run: Detection, src: SourceRun) -> list[Sink]:
     sinks: list[Sink] = []
     sid = src.spec.id
     if src.options.json_output is not None:
-        sinks.append(JsonlSink(src.options.json_output, [src.spec]))
+        sinks.append(JsonlSink(run.claim_output(src.options.json_output), lambda sid: src.spec.uri))
     if src.options.video_output is not None:
-        sinks.append(VideoSink({sid: src.options.video_output}, _fps_of(run)))
+        sinks.append(VideoSink({sid: run.claim_output(src.options.video_output)}, _fps_of(run)))
     return sinks
 
 
@@ -391,22 +394,27 @@ def execute(settings: DetectSettings, progress: Any = None) -> DetectOutcome:
     run = Detection(settings, info)
     run.source_sinks = source_sinks
     interrupted: list[int] = []
+    reloader = Reloader(settings, run) if settings.pipeline is not None else None
+    previous: dict[int, Any] = {}
 
     def on_signal(signum: int, _frame: Any) -> None:
         interrupted.append(signum)
-        run.request_stop()
+        for sig, handler in previous.items():  # a second Ctrl-C is not asked twice: it ends the process at once
+            signal.signal(sig, handler)
+        # Not run.request_stop() here: the handler runs between two bytecodes of the main thread, which may hold the
+        # very lock stop.set() takes. A thread does it.
+        threading.Thread(target=run.request_stop, name="stop", daemon=True).start()
 
-    reloader = Reloader(settings, run) if settings.pipeline is not None else None
     handlers: dict[int, Any] = {signal.SIGINT: on_signal, signal.SIGTERM: on_signal}
     if reloader is not None:
-        run.dispatcher.keep_open = True  # sources may come back with the next reload
         handlers[signal.SIGHUP] = lambda _s, _f: reloader.request()
-    previous = {sig: signal.signal(sig, h) for sig, h in handlers.items()} \
-        if threading.current_thread() is threading.main_thread() else {}
-    view = start_view(settings, run) if settings.view is not None else None
+    if threading.current_thread() is threading.main_thread():
+        previous.update({sig: signal.signal(sig, h) for sig, h in handlers.items()})
+    view = None
     try:
+        view = start_view(settings, run) if settings.view is not None else None
         if reloader is not None:
-            reloader.start()
+            reloader.start()  # it waits for the run to have started before it changes anything
         with _live_progress(run, progress):
             run.run(lambda r: open_sinks(settings, r, [view.sink] if view is not None else None))
     except BaseException as exc:
@@ -417,8 +425,9 @@ def execute(settings: DetectSettings, progress: Any = None) -> DetectOutcome:
             reloader.close()
         if view is not None:
             view.server.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        if not interrupted:  # (a signal already put them back)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     summary = summarize(run, signal.Signals(interrupted[0]).name if interrupted else None)
     if reloader is not None:
         summary.extra["reloads"] = reloader.reloads
@@ -562,9 +571,13 @@ class Reloader:
             return 0.0
 
     def _loop(self) -> None:
+        while not self.run.started.wait(0.1):
+            if self._closed.is_set():
+                return
         while not self._closed.is_set():
-            asked = self._wake.wait(self.poll_s)
-            self._wake.clear()
+            self._wake.wait(self.poll_s)
+            asked = self._wake.is_set()
+            self._wake.clear()  # a SIGHUP after this is the next round's; one before it is this reload
             if self._closed.is_set() or self.run.stop.is_set():
                 return
             mtime = self._stat()
@@ -584,23 +597,43 @@ class Reloader:
             if diff.needs_restart:
                 con.print(f"reload: {', '.join(diff.needs_restart)} changed: restart detect to apply", style="yellow",
                           highlight=False)
-            self._apply(diff.removed + diff.changed, diff.added + diff.changed)
-        except TritonctlError as exc:
-            self.run.stats.problem(f"reload of {self.pipeline.path}: {exc}")
-            con.print(f"reload: {exc}; keeping the current sources", style="yellow", highlight=False, markup=False)
+            added = self._check(diff.added + diff.changed)  # before anything changes: all or nothing
+            self._apply(diff.removed + diff.changed, added)
+        except Exception as exc:  # the run goes on with what it has; the summary lists the failed reload
+            what = str(exc) if isinstance(exc, TritonctlError) else f"{type(exc).__name__}: {exc}"
+            self.run.stats.problem(f"reload of {self.pipeline.path}: {what}")
+            con.print(f"reload: {what}; keeping the current sources", style="yellow", highlight=False, markup=False)
             return
         self.pipeline = new
         self.reloads += 1
         con.print(f"reloaded {new.path}: {len(diff.added)} added, {len(diff.removed)} removed, {len(diff.changed)} "
                   "changed", highlight=False, markup=False)
 
-    def _apply(self, remove: list[SourceConfig], add: list[SourceConfig]) -> None:
-        by_name = {src.options.name: sid for sid, src in self.run.sources.items() if src.state == "running"}
-        for cfg in remove:
-            if cfg.name in by_name:
-                self.run.remove_source(by_name[cfg.name])
+    def _check(self, configs: list[SourceConfig]) -> list[tuple[SourceSpec, SourceOptions]]:
+        """Each new source as the run will take it: its uri recognised, its output folders writable; raises on the
+        first that is not, before any source is touched."""
+        given = self.settings.overrides
+        post_flags = {k: given[k] for k in POST_FLAGS if k in given}
         next_id = max(self.run.sources, default=-1) + 1
-        for k, cfg in enumerate(add):
-            spec = parse_sources([cfg.uri])[0]
-            spec = replace(spec, id=next_id + k)
-            self.run.add_source(spec, _options(cfg, {}, {}))
+        out = []
+        for k, cfg in enumerate(configs):
+            spec = replace(parse_sources([cfg.uri])[0], id=next_id + k)
+            options = _options(cfg, post_flags, given)
+            for flag, path in (("outputs.video", options.video_output), ("outputs.json", options.json_output)):
+                if path is not None:
+                    _check_writable(flag, path)
+            out.append((spec, options))
+        return out
+
+    def _apply(self, remove: list[SourceConfig], add: list[tuple[SourceSpec, SourceOptions]]) -> None:
+        by_name = {src.options.name: sid for sid, src in self.run.sources.items() if src.state == "running"}
+        self.run.dispatcher.keep_open = True  # between a removal and the additions, no source left is no end
+        try:
+            for cfg in remove:
+                if cfg.name in by_name:
+                    self.run.remove_source(by_name[cfg.name])
+            for spec, options in add:
+                self.run.add_source(spec, options)
+        finally:
+            self.run.dispatcher.keep_open = False
+            self.run.dispatcher.wake()

@@ -35,8 +35,8 @@ Shm = Literal["auto", "system", "none"]
 class RunConfig:
     """Run-wide settings; each has a `detect` flag of the same name that overrides it."""
 
-    batch: int = 4
-    batch_timeout_ms: float = 5.0
+    batch: int | None = None  # None: one frame per live camera, up to 8 (as detect without --batch)
+    batch_timeout_ms: float = 10.0
     concurrency: int | None = None
     shm: str = "auto"
     json: Path | None = None
@@ -126,6 +126,16 @@ def _endpoint(text: str) -> str:
     return text
 
 
+def _view_address(text: str) -> str:
+    from tritonctl.view import parse_view_address  # the same parser as --view: what one accepts, the other does
+
+    try:
+        parse_view_address(text)
+    except BadInput as e:
+        raise _fail(str(e).strip()) from None
+    return text
+
+
 def _numbers_as_text(value: Any) -> Any:
     # `uri: 0` (a webcam index) and `name: 1` are meant as text; YAML reads them as ints.
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
@@ -153,6 +163,7 @@ ClassId = Annotated[int, AfterValidator(_at_least(0))]
 Text = Annotated[str, BeforeValidator(_numbers_as_text), AfterValidator(_not_blank)]
 Name = Annotated[str, BeforeValidator(_numbers_as_text), AfterValidator(_name)]
 Url = Annotated[str, AfterValidator(_endpoint)]
+ViewAddress = Annotated[str, AfterValidator(_view_address)]
 
 
 # ---------------------------------------------------------------- the schema (file side)
@@ -164,13 +175,13 @@ class _Strict(BaseModel):
 
 
 class _Run(_Strict):
-    batch: Annotated[int, AfterValidator(_at_least(1))] = RunConfig.batch
+    batch: Annotated[int, AfterValidator(_at_least(1))] | None = RunConfig.batch
     batch_timeout_ms: Annotated[float, AfterValidator(_at_least(0))] = RunConfig.batch_timeout_ms
     concurrency: Annotated[int, AfterValidator(_at_least(1))] | None = None
     shm: Shm = "auto"
     json_path: Text | None = Field(default=None, alias="json")  # `json` would shadow BaseModel.json
     summary_json: Text | None = None
-    view: Url | None = None
+    view: ViewAddress | None = None
     stall_timeout: Annotated[float, AfterValidator(_positive)] = RunConfig.stall_timeout
     reconnects: Annotated[int, AfterValidator(_at_least(0))] = RunConfig.reconnects
 

@@ -9,7 +9,8 @@ Coordinates are pixels of the source frame; timestamp is seconds into the file, 
 Lines of an image source (a folder, a glob, an image) also carry "path": the image file the frame was read from.
 
 Every sink follows the `Sink` protocol: write() is called from one thread, in frame order, for each inferred frame;
-close() finishes its files on any ending; written() names them.
+close() finishes its files on any ending; written() names them; discard() drops what it started when the run fails
+before its first frame (no empty file replaces an existing one).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ class Sink(Protocol):
     def written(self) -> list[tuple[Path, int]]: ...  # (file or image folder, frames in it)
 
     def close(self) -> None: ...
+
+    def discard(self) -> None: ...
 
 _PALETTE = np.array([[56, 56, 255], [151, 157, 255], [31, 112, 255], [29, 178, 255], [49, 210, 207], [10, 249, 72],
                      [23, 204, 146], [134, 219, 61], [52, 147, 26], [187, 212, 0], [168, 153, 44], [255, 194, 0]])
@@ -91,9 +94,10 @@ def class_name(names: dict[int, str], cls: int) -> str:
 
 
 class JsonlSink:
-    def __init__(self, path: Path, sources: list[SourceSpec]) -> None:
+    def __init__(self, path: Path, uri_of: Callable[[int], str]) -> None:
+        """`uri_of(source)`: its uri, asked per line (sources can join a running pipeline)."""
         self.path, self.tmp = path, partial_path(path)
-        self.uris = {s.id: s.uri for s in sources}
+        self.uri_of = uri_of
         self.file: IO[str] = open(self.tmp, "w")  # noqa: SIM115 - closed in close(), also on Ctrl-C
         self.lines = 0
 
@@ -101,7 +105,7 @@ class JsonlSink:
         assert result.detections is not None
         rows = result.detections.to_json(info.names)
         frame = result.frame
-        line: dict[str, Any] = {"source": frame.source, "uri": self.uris[frame.source], "frame": frame.index}
+        line: dict[str, Any] = {"source": frame.source, "uri": self.uri_of(frame.source), "frame": frame.index}
         if frame.path is not None:
             line["path"] = str(frame.path)
         line.update(timestamp=round(frame.timestamp, 4), detections=rows)
@@ -114,6 +118,10 @@ class JsonlSink:
     def close(self) -> None:
         self.file.close()
         os.replace(self.tmp, self.path)
+
+    def discard(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 def fps_label(fps: float | None) -> str | None:
@@ -185,7 +193,8 @@ class VideoSink:
         if sid not in self.targets:  # an image source: ImageSink's
             return
         self.labels[sid] = fps_label(self.meters[sid].tick())
-        image = draw(result.frame.image, result.detections, info.names, self.labels[sid])
+        # On a copy: the frame is shared with the other sinks (a second video, the window, the view) that draw too.
+        image = draw(result.frame.image.copy(), result.detections, info.names, self.labels[sid])
         if sid not in self.writers:
             h, w = image.shape[:2]
             target = self.targets[sid]
@@ -207,6 +216,12 @@ class VideoSink:
         for sid, writer in self.writers.items():
             writer.release()
             os.replace(partial_path(self.targets[sid]), self.targets[sid])
+
+    def discard(self) -> None:
+        for sid, writer in self.writers.items():
+            writer.release()
+            partial_path(self.targets[sid]).unlink(missing_ok=True)
+        self.writers.clear()
 
 
 class ImageSink:
@@ -239,6 +254,9 @@ class ImageSink:
         return [(self.targets[sid], n) for sid, n in self.frames.items() if n]
 
     def close(self) -> None:
+        pass  # each image was complete when it appeared
+
+    def discard(self) -> None:
         pass
 
 
@@ -261,3 +279,6 @@ class ShowSink:
         import cv2
 
         cv2.destroyAllWindows()
+
+    def discard(self) -> None:
+        self.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 
 STAGES = ("decode", "preprocess", "queue", "round_trip", "postprocess", "end_to_end")
 LIVE_QUEUE = 1  # a live camera's `latest` queue: the newest frame, never one that waited behind others
+# Requests in flight with live cameras: one computing, the next one ready. More only wait in the server's queue while
+# the cameras' newer frames wait behind them (8 cameras, 2 cores: p99 77-86 ms at 2, 104-113 ms at 3-8, with every
+# camera at 30 fps either way; benchmarks/streams.py).
+LIVE_CONCURRENCY = 2
 
 
 @dataclass
@@ -62,12 +66,11 @@ class RunStats:
 
     Every frame read ends in exactly one count (per source): inferred; skipped by --vid-stride; dropped by a `latest`
     queue; interrupted (stopped first: still queued, in a reader's hand, or waiting for a server); failed (an image
-    that cannot be decoded). The readers hold their share, this object the rest; the summary adds them up."""
+    that cannot be decoded). The readers hold skipped and failed, the queues dropped, this object the rest."""
 
     started: float = field(default_factory=time.perf_counter)
     finished: float = 0.0
     inferred: dict[int, int] = field(default_factory=dict)
-    failed: dict[int, int] = field(default_factory=dict)
     interrupted: dict[int, int] = field(default_factory=dict)
     stages: dict[str, LatencyHistogram] = field(default_factory=lambda: {k: LatencyHistogram() for k in STAGES})
     source_latency: dict[int, LatencyHistogram] = field(default_factory=dict)  # end to end, per source
@@ -245,18 +248,26 @@ class Worker(threading.Thread):
                 r.stats.bytes_sent += self.slot.bytes_sent
 
     def _process(self, frames: list[tuple[int, Frame]]) -> None:
+        """Infer one batch and emit its results; whatever fails (the server lost, a sink that cannot write), every
+        frame of the batch is emitted, the ones without a result as unfinished, so none goes uncounted."""
+        emitted = 0
+        try:
+            for result in self._results(frames):
+                emitted += 1
+                self.run_.emit(result)
+        except BaseException:
+            self._unfinished(frames[emitted:])
+            raise
+
+    def _results(self, frames: list[tuple[int, Frame]]) -> Iterator[Result | Unfinished]:
         r = self.run_
         t0 = time.perf_counter()
         boxes = [self.pre(frame.image, row=k) for k, (_, frame) in enumerate(frames)]
         t1 = time.perf_counter()
-        try:
-            output, endpoint = self._infer(len(frames))
-        except BaseException:  # the server lost: these frames are accounted for, and the ones after them emitted
-            self._unfinished(frames)
-            raise
+        output, endpoint = self._infer(len(frames))
         t2 = time.perf_counter()
-        if output is None:
-            self._unfinished(frames)
+        if output is None:  # the run is stopping
+            yield from (Unfinished(seq, frame) for seq, frame in frames)
             return
         dets = []
         for k, ((_, frame), box) in enumerate(zip(frames, boxes, strict=True)):
@@ -268,11 +279,14 @@ class Worker(threading.Thread):
         for (seq, frame), det in zip(frames, dets, strict=True):
             timings = {"decode": frame.decode_s, "preprocess": pre_s, "queue": t0 - frame.read_at,
                        "round_trip": t2 - t1, "postprocess": post_s}
-            r.emit(Result(seq, frame, det, timings, endpoint))
+            yield Result(seq, frame, det, timings, endpoint)
 
     def _unfinished(self, frames: list[tuple[int, Frame]]) -> None:
         for seq, frame in frames:
-            self.run_.emit(Unfinished(seq, frame))
+            try:
+                self.run_.emit(Unfinished(seq, frame))
+            except Exception as exc:  # a sink failing again on an older result: counted, and the rest still emitted
+                self.run_.stats.problem(f"{type(exc).__name__}: {exc}")
 
     def _infer(self, n: int) -> tuple[np.ndarray | None, str]:
         """Infer on a healthy endpoint, failing over and waiting with back-off while all are down.
@@ -337,7 +351,8 @@ class Detection:
         self.batch = min(settings.batch, max_batch) if settings.batch_auto else settings.batch
         if self.batch > max_batch:
             raise BadInput(f"--batch {settings.batch} exceeds the max batch of model {info.name!r} ({max_batch})")
-        self.concurrency = settings.concurrency or max(2, min(8, max_batch // 2))
+        live = any(spec.live for spec in settings.sources)
+        self.concurrency = settings.concurrency or (LIVE_CONCURRENCY if live else max(2, min(8, max_batch // 2)))
         self.pool = EndpointPool(settings.endpoints)
         # Two batches per worker: each can hold one while the next waits for an older one to be emitted.
         self.dispatcher = Dispatcher(window=2 * self.concurrency * self.batch, batch_timeout_s=settings.batch_timeout_s)
@@ -353,6 +368,10 @@ class Detection:
         self.error: BaseException | None = None  # what ended the run early (a worker's), once run() returns
         self.server_delta: dict[str, float] = {}
         self._cut_short: set[int] = set()
+        # Sources are added and removed by the reload thread while the run starts, streams and ends: one at a time.
+        self._sources_lock = threading.RLock()
+        self.started = threading.Event()  # readers and workers started: sources may be added or removed from now
+        self._claimed: set[Path] = set()  # per-source output files this run has opened
 
     @property
     def readers(self) -> list[Reader]:
@@ -369,6 +388,18 @@ class Detection:
         self.dispatcher.add(spec.id, queue)
         return src
 
+    def claim_output(self, path: Path) -> Path:
+        """A source's own output file, or, when this run already wrote that name (a source changed by a reload and
+        started again), the next free segment of it: gate.mp4, gate.1.mp4, gate.2.mp4. Never one finished file over
+        another."""
+        with self._sources_lock:
+            candidate, k = path, 0
+            while candidate in self._claimed:
+                k += 1
+                candidate = path.with_name(f"{path.stem}.{k}{path.suffix}")
+            self._claimed.add(candidate)
+            return candidate
+
     def post_for(self, source: int) -> PostSettings:
         src = self.sources.get(source)
         return src.options.post if src is not None else self.settings.post
@@ -376,7 +407,7 @@ class Detection:
     def request_stop(self) -> None:
         """Stop reading everywhere; workers finish what is in flight; the writer finalizes the files."""
         if not self.stop.is_set():  # the sources still reading now were stopped, not ended
-            self._cut_short = {sid for sid, src in self.sources.items() if src.reader.is_alive()}
+            self._cut_short = {sid for sid, src in list(self.sources.items()) if not src.queue.closed}
         self.stop.set()
         for src in list(self.sources.values()):
             src.halt.set()
@@ -401,36 +432,47 @@ class Detection:
                     self.stats.count_interrupted(ready.frame.source)
                     continue
                 src = self.sources.get(ready.frame.source)
-                for sink in [*self.sinks, *(src.sinks if src is not None and src.state != "removed" else [])]:
-                    sink.write(ready, self.info)
-                ready.timings["end_to_end"] = time.perf_counter() - ready.frame.read_at  # frame decoded -> written
-                self.stats.add(ready)
+                try:
+                    for sink in [*self.sinks, *(src.sinks if src is not None and src.state != "removed" else [])]:
+                        sink.write(ready, self.info)
+                finally:  # inferred, whether or not a sink could take it (a failing sink ends the run, said so)
+                    ready.timings["end_to_end"] = time.perf_counter() - ready.frame.read_at  # decoded -> written
+                    self.stats.add(ready)
+                    self.dispatcher.advance(self._next_seq)
             self.dispatcher.advance(self._next_seq)
 
     # ------------------------------------------------------------ sources added and removed while running
 
-    def add_source(self, spec: SourceSpec, options: SourceOptions) -> SourceRun:
-        """A source joins the running pipeline (a reloaded pipeline file): its reader starts at once."""
-        src = self._make_source(spec, options)
-        try:
-            src.sinks = self.source_sinks(self, src)
-        except BaseException:
-            self.dispatcher.remove(spec.id)
-            src.state = "removed"
-            raise
-        src.reader.start()
-        return src
+    def add_source(self, spec: SourceSpec, options: SourceOptions) -> SourceRun | None:
+        """A source joins the running pipeline (a reloaded pipeline file): its reader starts at once. None when the
+        run is already ending. A source that cannot start (its reader or its files) leaves no trace and raises."""
+        with self._sources_lock:
+            if self.stop.is_set():
+                return None
+            src = self._make_source(spec, options)  # a file that cannot be opened raises here, before it joins
+            try:
+                src.sinks = self.source_sinks(self, src)
+                src.reader.start()
+            except BaseException:
+                self.dispatcher.remove(spec.id)
+                src.reader.release()
+                del self.sources[spec.id]
+                raise
+            return src
 
-    def remove_source(self, source: int) -> None:
+    def remove_source(self, source: int, timeout_s: float = 5.0) -> None:
         """A source leaves; the others go on. Its frames still queued are counted interrupted, its files finished."""
-        src = self.sources[source]
-        src.halt.set()
-        src.reader.join(timeout=5)
-        left = self.dispatcher.remove(source)
-        self.stats.count_interrupted(source, len(left))
-        with self._emit_lock:  # no write to its sinks can be under way while they close
-            src.state, src.removed_at = "removed", time.perf_counter()
-            self._close_sinks(src.sinks)
+        with self._sources_lock:
+            src = self.sources[source]
+            if self.stop.is_set() or src.state != "running":
+                return  # the run's end finishes it
+            src.halt.set()
+            src.reader.join(timeout=timeout_s)
+            left = self.dispatcher.remove(source)
+            self.stats.count_interrupted(source, len(left))
+            with self._emit_lock:  # no write to its sinks can be under way while they close
+                src.state, src.removed_at = "removed", time.perf_counter()
+                self._close_sinks(src.sinks)
 
     # ------------------------------------------------------------ the run
 
@@ -463,20 +505,23 @@ class Detection:
                 w.slot.close()
             for reader in self.readers:
                 reader.release()
-            self._close_sinks([*self.sinks, *(s for src in self.sources.values() for s in src.sinks)])
+            for sink in [*self.sinks, *(s for src in self.sources.values() for s in src.sinks)]:
+                sink.discard()  # nothing was written: no empty file replaces an existing one
             raise
         before = self._server_stats()
-        for src in self.sources.values():
-            src.added_at = time.perf_counter()  # a source's clock starts with its reader
-        for t in [*self.readers, *workers]:
-            t.start()
         try:
+            with self._sources_lock:
+                for src in self.sources.values():
+                    src.added_at = time.perf_counter()  # a source's clock starts with its reader
+                for t in [*self.readers, *workers]:
+                    t.start()
+                self.started.set()
             for w in workers:
                 while w.is_alive():
                     w.join(0.2)
         finally:
             self._finish(workers)
-        self.error = next((w.error for w in workers if w.error is not None), None)
+        self.error = next((w.error for w in workers if w.error is not None), None) or self.error
         self.stats.per_endpoint = {k: v for k, v in self.stats.per_endpoint.items() if k}
         if not isinstance(self.error, ServerError):  # a lost server has no statistics to give
             self.server_delta = self._delta(before, self._server_stats())
@@ -484,16 +529,23 @@ class Detection:
             raise self.error
         return self.stats
 
-    def _finish(self, workers: list[Worker]) -> None:
-        self.request_stop()
+    def _finish(self, workers: list[Worker], readers_timeout_s: float = 5.0) -> None:
+        with self._sources_lock:  # no source added or removed from here on (add/remove see `stop`)
+            self.request_stop()
         for w in workers:
-            w.join()
-        # Readers first: once stopped, none can queue a frame after the drain (each counts the frame it held).
+            if w.is_alive():
+                w.join()
+        # Readers first: once stopped, none can queue a frame after the drain (each counts the frame it held). One
+        # deadline for all: a reader stuck in a network call is left behind (a daemon thread), not waited on in turn.
+        deadline = time.monotonic() + readers_timeout_s
         for reader in self.readers:
             if reader.is_alive():
-                reader.join(timeout=5)
+                reader.join(timeout=max(0.0, deadline - time.monotonic()))
         for frame in self.dispatcher.drain():
             self.stats.count_interrupted(frame.source)
+        for item in self._pending.values():  # numbered, never emitted: an older one's sink failed
+            self.stats.count_interrupted(item.frame.source)
+        self._pending.clear()
         for sid, src in self.sources.items():
             if src.state == "running":
                 src.state = "stopped" if sid in self._cut_short else ("failed" if src.reader.stats.error else "ended")

@@ -120,7 +120,7 @@ def source_summary(run: Detection, src: SourceRun, now: float) -> SourceSummary:
     return SourceSummary(
         id=sid, name=src.options.name, uri=src.spec.uri, kind=src.spec.kind, policy=src.queue.policy, read=rs.read,
         inferred=inferred, skipped_stride=rs.skipped_stride, dropped=src.queue.dropped,
-        interrupted=st.interrupted.get(sid, 0) + rs.interrupted, failed=st.failed.get(sid, 0) + rs.failed,
+        interrupted=st.interrupted.get(sid, 0) + rs.interrupted, failed=rs.failed,
         stalls=rs.stalls, reconnects=rs.reconnects, error=rs.error,
         fps=inferred / max(until - (rs.first_frame_at or src.added_at), 1e-9), state=src.state,
         first_frame_s=rs.first_frame_at - src.added_at if rs.first_frame_at else None,

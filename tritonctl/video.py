@@ -205,9 +205,11 @@ class Reader(threading.Thread):
             self.stats.error = f"{type(exc).__name__}: {exc}"
         finally:
             self.state = "failed" if self.stats.error else "ended"
-            if self._capture is not None:
-                self._capture.release()
-            self.queue.close()
+            try:
+                if self._capture is not None:
+                    self._capture.release()
+            finally:  # whatever releasing does, the run learns that this source has ended
+                self.queue.close()
 
     def _images(self) -> Iterator[tuple[int, np.ndarray | None, float, float, Path | None]]:
         import cv2

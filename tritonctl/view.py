@@ -174,6 +174,9 @@ class ViewSink:
     def close(self) -> None:
         pass  # the server owns the board: the page keeps the last frames until it stops
 
+    def discard(self) -> None:
+        pass
+
 
 def annotate(image: np.ndarray, det: Detections, names: dict[int, str], max_width: int) -> np.ndarray:
     """The frame with its boxes, at most max_width wide. Never changes `image` (the other sinks draw on it too).
