@@ -58,6 +58,13 @@ def test_a_batch_closes_once_every_camera_is_in_it() -> None:
     assert 0.04 < time.perf_counter() - t0 < 0.5  # woken by the second camera's frame, not the 1 s timeout
 
 
+def test_the_default_batch_shares_the_cameras_over_the_requests_in_flight() -> None:
+    from tritonctl.detect import auto_batch
+
+    assert [auto_batch(n, None) for n in (0, 1, 2, 3, 4, 8, 16, 40)] == [1, 1, 1, 2, 2, 4, 8, 8]
+    assert auto_batch(8, 1) == 8 and auto_batch(8, 4) == 2
+
+
 def test_a_partial_batch_goes_after_the_timeout() -> None:
     d, queues = _dispatcher(3, timeout_s=0.08)
     stop = threading.Event()
@@ -145,11 +152,12 @@ def _accounted(src: dict) -> bool:
 @_live
 def test_two_rtsp_cameras_stream_at_30_fps_batched_together(demo_triton: Triton, rtsp_server: RtspServer,
                                                             tmp_path: Path) -> None:
-    run = _Detect([rtsp_server.url("cam0"), rtsp_server.url("cam1"), "-m", "shapes", "--url", demo_triton.url], tmp_path)
+    run = _Detect([rtsp_server.url("cam0"), rtsp_server.url("cam1"), "-m", "shapes", "--url", demo_triton.url,
+                   "--batch", "2"], tmp_path)
     time.sleep(6)
     code, summary, stderr = run.stop()
     assert code == 130 and "Traceback" not in stderr, stderr
-    assert summary["batch"] == 2 and summary["ended_by"] == "interrupted: SIGINT"
+    assert summary["batch"] == 2 and summary["concurrency"] == 2 and summary["ended_by"] == "interrupted: SIGINT"
     for src in summary["sources"]:
         assert src["policy"] == "latest" and src["error"] == "" and _accounted(src)
         assert src["fps"] >= 27, src  # 30 fps cameras, kept up with

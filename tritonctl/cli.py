@@ -423,8 +423,8 @@ def detect(
                                               "system, none"),
     concurrency: int | None = typer.Option(None, help="requests in flight (default: 2 with live cameras, for latency; "
                                                          "else from the model's max batch)"),
-    batch: int | None = typer.Option(None, help="frames per request, across sources (default: one per live camera, up "
-                                                "to 8; 1 for files)"),
+    batch: int | None = typer.Option(None, help="frames per request, across sources (default: the live cameras "
+                                                "shared out over the requests in flight, up to 8; 1 for files)"),
     batch_timeout_ms: float | None = typer.Option(None, help="a batch that is not full goes after this long (default 10)"),
     realtime: bool | None = typer.Option(None, "--realtime/--offline",
                                          help="keep only the newest frame (default for live sources) or every frame"),

