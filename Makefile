@@ -16,7 +16,7 @@ setup: $(STAMP)
 # torch/torchvision there are the builds on this machine's disk; unpinned, pip would fetch a CUDA build of several GB.
 $(STAMP): pyproject.toml $(LOCK) scripts/setup_tools.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) $(PIP) -c $(LOCK) -e ".[export,local,dev]"
+	$(PY) $(PIP) -c $(LOCK) -e ".[export,local,events,dev]"
 	bash scripts/setup_tools.sh $(VENV)
 	$(PY) -c "from tritonctl.runtime import find_local_runtime; print('local Triton:', find_local_runtime().binary)"
 	touch $(STAMP)
@@ -41,8 +41,8 @@ lint: setup
 # then `make test` before committing it.
 lock:
 	rm -rf build/lock-venv && $(PYTHON) -m venv build/lock-venv
-	build/lock-venv/bin/python $(PIP) "torch==2.14.1" "torchvision==0.29.1" ".[export,local,dev]"
-	{ echo "# requirements.lock: every package of \`make setup\` (extras export, local, dev), pinned. Refresh: make lock"; \
+	build/lock-venv/bin/python $(PIP) "torch==2.14.1" "torchvision==0.29.1" ".[export,local,events,dev]"
+	{ echo "# requirements.lock: every package of \`make setup\` (extras export, local, events, dev), pinned. Refresh: make lock"; \
 	  build/lock-venv/bin/python -m pip freeze --exclude tritonctl; } > $(LOCK).tmp
 	mv $(LOCK).tmp $(LOCK) && rm -rf build/lock-venv
 
