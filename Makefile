@@ -14,9 +14,10 @@ setup: $(STAMP)
 
 # Every version comes from requirements.lock (pip constraints): a fresh clone installs what the tests ran with.
 # torch/torchvision there are the builds on this machine's disk; unpinned, pip would fetch a CUDA build of several GB.
-$(STAMP): pyproject.toml $(LOCK) scripts/setup_tools.sh
+$(STAMP): pyproject.toml $(LOCK) requirements-tracking.txt scripts/setup_tools.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) $(PIP) -c $(LOCK) -e ".[export,local,events,dev]"
+	$(PY) $(PIP) --no-deps -r requirements-tracking.txt
 	bash scripts/setup_tools.sh $(VENV)
 	$(PY) -c "from tritonctl.runtime import find_local_runtime; print('local Triton:', find_local_runtime().binary)"
 	touch $(STAMP)

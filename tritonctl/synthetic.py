@@ -248,3 +248,22 @@ def write_h264(path: str | Path, seconds: float = 10.0, width: int = 1280, heigh
             out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="bgr24")))
         out.mux(stream.encode(None))
     return path
+
+
+def write_mot_ground_truth(path: str | Path, n_frames: int = 60, width: int = 640, height: int = 360, seed: int = 0,
+                           n_objects: int = 3) -> Path:
+    """The MOT Challenge ground truth (`frame,id,x,y,w,h,1,-1,-1,-1`, frames and ids 1-based) of the video that
+    `video_frames` (and `write_video`) draw with the same arguments, for scoring `detect --track` with a MOT evaluator.
+
+    A shape's id is its place in the drawing order (1..n_objects), which `video_frames` keeps: shapes bounce inside
+    the frame, so none is ever dropped from a frame's list and the order never shifts."""
+    path = Path(path)
+    lines = []
+    for frame, (_, boxes) in enumerate(video_frames(n_frames, width, height, seed, n_objects), 1):
+        if len(boxes) != n_objects:  # an id would shift to another shape: refuse rather than write wrong identities
+            raise ValueError(f"frame {frame}: {len(boxes)} of {n_objects} shapes visible, identities would be ambiguous")
+        lines += [f"{frame},{i},{b.x1:.2f},{b.y1:.2f},{b.x2 - b.x1:.2f},{b.y2 - b.y1:.2f},1,-1,-1,-1"
+                  for i, b in enumerate(boxes, 1)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
