@@ -440,6 +440,8 @@ def detect(
     summary_json: Path | None = typer.Option(None, help="the run's summary as JSON"),
     show: bool | None = typer.Option(None, "--show", help="display a window (needs a display)"),
     view: str | None = typer.Option(None, help="serve a live page of every stream at HOST:PORT (e.g. 127.0.0.1:8080)"),
+    track: str | None = typer.Option(None, help="track objects per source: bytetrack, ocsort or botsort (ids in the "
+                                                "JSON Lines, on the video and the live view)"),
     server_timeout: float | None = typer.Option(None, help="seconds to wait while every endpoint is down (default 30)"),
     stall_timeout: float | None = typer.Option(None, help="seconds of silence before a live source counts as stalled "
                                                           "(default 5)"),
@@ -455,7 +457,7 @@ def detect(
              "vid_stride": vid_stride, "conf": conf, "iou": iou, "agnostic": agnostic, "max_det": max_det,
              "classes": _int_list(classes, "--classes") or None if classes is not None else None, "output": output,
              "json_path": json_out, "summary_json": summary_json, "show": show, "view": view,
-             "server_timeout_s": server_timeout, "stall_timeout_s": stall_timeout, "reconnects": reconnects,
+             "server_timeout_s": server_timeout, "stall_timeout_s": stall_timeout, "reconnects": reconnects, "track": track,
              "urls": url or None}
     settings = det.settings_from_flags(config, sources or [], flags)
     outcome = det.execute(settings, progress=out)

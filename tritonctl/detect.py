@@ -64,6 +64,7 @@ class DetectSettings:
     queue_size: int = 8
     stall_timeout_s: float = 5.0
     reconnects: int = 5
+    track: str | None = None  # --track: a tracker per source (tracking.TRACKERS)
     pipeline: Pipeline | None = None  # the pipeline file this run came from (reloaded on SIGHUP or a change)
     overrides: dict[str, Any] = field(default_factory=dict)  # the flags given over the file (a reload applies them too)
 
@@ -130,6 +131,11 @@ def _validate(s: DetectSettings) -> None:
         raise BadInput("--batch-timeout-ms must be 0 or more (0: send what is there at once)")
     if any(o.policy not in POLICIES for o in s.source_options):
         raise BadInput(f"a source's policy must be one of {', '.join(POLICIES)}")
+    if s.track is not None:
+        from tritonctl.tracking import TRACKERS
+
+        if s.track not in TRACKERS:
+            raise BadInput(f"--track {s.track}: unknown tracker, choose one of {', '.join(TRACKERS)}")
     if s.shm == "system" and not all(e.local for e in s.endpoints):
         raise BadInput("--shm system needs the server on this host (127.0.0.1/localhost): use --shm none for remote ones")
 
@@ -171,7 +177,7 @@ def settings_from_pipeline(pipeline: Pipeline, sources: list[str], flags: dict[s
         "reconnects": given.get("reconnects", run.reconnects), "source_options": tuple(per_source),
         "post": PostSettings(**post_flags), "pipeline": pipeline, "overrides": given,
     }
-    kw.update({k: given[k] for k in ("realtime", "output", "show", "server_timeout_s") if k in given})
+    kw.update({k: given[k] for k in ("realtime", "output", "show", "server_timeout_s", "track") if k in given})
     urls = given.get("urls") or list(pipeline.urls)
     settings = DetectSettings.create(sources=[src.uri for src in pipeline.sources] + list(sources), urls=urls, **kw)
     # The file's batch is a wish: the model's max batch caps it, as it caps the default. A --batch is taken as said.

@@ -30,6 +30,7 @@ from tritonctl.video import Frame, FrameQueue, Reader, SourceSpec
 if TYPE_CHECKING:
     from tritonctl.detect import DetectSettings, SourceOptions
     from tritonctl.sinks import Sink
+    from tritonctl.tracking import Tracker, TrackSpan
 
 STAGES = ("decode", "preprocess", "queue", "round_trip", "postprocess", "end_to_end")
 LIVE_QUEUE = 1  # a live camera's `latest` queue: the newest frame, never one that waited behind others
@@ -46,6 +47,7 @@ class Result:
     detections: Detections
     timings: dict[str, float]
     endpoint: str = ""
+    ended_tracks: list[TrackSpan] = field(default_factory=list)  # tracks of this source that ended by this frame
 
 
 @dataclass
@@ -372,6 +374,8 @@ class Detection:
         self._sources_lock = threading.RLock()
         self.started = threading.Event()  # readers and workers started: sources may be added or removed from now
         self._claimed: set[Path] = set()  # per-source output files this run has opened
+        self.trackers: dict[int, Tracker] = {}  # per source, made at its first result (--track)
+        self.track_ids: dict[int, set[int]] = {}  # per source, the tracks seen (the summary's count)
 
     @property
     def readers(self) -> list[Reader]:
@@ -432,6 +436,8 @@ class Detection:
                     self.stats.count_interrupted(ready.frame.source)
                     continue
                 src = self.sources.get(ready.frame.source)
+                if self.settings.track is not None:
+                    self._track(ready)
                 try:
                     for sink in [*self.sinks, *(src.sinks if src is not None and src.state != "removed" else [])]:
                         sink.write(ready, self.info)
@@ -440,6 +446,21 @@ class Detection:
                     self.stats.add(ready)
                     self.dispatcher.advance(self._next_seq)
             self.dispatcher.advance(self._next_seq)
+
+    def _track(self, result: Result) -> None:
+        """Track ids for this frame, in frame order per source (emit's order): one tracker per source."""
+        from tritonctl.tracking import make_tracker
+
+        sid = result.frame.source
+        tracker = self.trackers.get(sid)
+        if tracker is None:
+            assert self.settings.track is not None
+            fps = self.sources[sid].reader.stats.fps if sid in self.sources else 0.0
+            tracker = self.trackers[sid] = make_tracker(self.settings.track, fps or 30.0)
+        result.detections = tracker.update(result.detections, frame=result.frame.index)
+        result.ended_tracks = tracker.ended()
+        self.track_ids.setdefault(sid, set()).update(result.detections.track_ids.tolist()
+                                                     if result.detections.track_ids is not None else [])
 
     # ------------------------------------------------------------ sources added and removed while running
 

@@ -47,6 +47,7 @@ class SourceSummary:
     first_frame_s: float | None  # seconds from the source joining the run to its first frame (None: never had one)
     state: str  # ended (its end), failed (gave up), stopped (Ctrl-C, or the run ended first), removed (a reload)
     latency_ms: dict[str, float]  # end to end, frame decoded -> result written: p50, p95, p99, mean
+    tracks: int | None = None  # --track: distinct tracks seen
 
     def count(self, name: str) -> int:
         return int(getattr(self, name))
@@ -124,7 +125,8 @@ def source_summary(run: Detection, src: SourceRun, now: float) -> SourceSummary:
         stalls=rs.stalls, reconnects=rs.reconnects, error=rs.error,
         fps=inferred / max(until - (rs.first_frame_at or src.added_at), 1e-9), state=src.state,
         first_frame_s=rs.first_frame_at - src.added_at if rs.first_frame_at else None,
-        latency_ms=percentiles(st.source_latency.get(sid)))
+        latency_ms=percentiles(st.source_latency.get(sid)),
+        tracks=len(run.track_ids.get(sid, ())) if run.settings.track is not None else None)
 
 
 def summarize(run: Detection, signal_name: str | None = None) -> RunSummary:

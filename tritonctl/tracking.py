@@ -62,6 +62,7 @@ class Tracker:
         self.keep_unconfirmed = keep_unconfirmed
         self._impl = impl
         self._frame = -1  # index of the last frame updated
+        self._at = -1  # the number spans record for it (the source's frame number when the caller gives it)
         self._spans: dict[int, list[int]] = {}  # live confirmed id -> [first frame, last frame returned]
         # Spans wait here for `ended()`. A caller that never asks (tracking for the JSON Lines only) must not grow
         # memory with every track a long stream ends: the oldest are dropped past this many.
@@ -72,14 +73,16 @@ class Tracker:
         """0-based index of the last frame passed to `update` (-1 before the first)."""
         return self._frame
 
-    def update(self, det: Detections, timestamp: float | None = None) -> Detections:
+    def update(self, det: Detections, timestamp: float | None = None, frame: int | None = None) -> Detections:
         """Associate one frame's detections (source pixels, xyxy) with the tracks; returns them with `track_ids`.
 
         `timestamp` (seconds, e.g. the frame's pts): with it, a gap between frames (a dropped frame from a live camera)
-        advances the motion model by the real time elapsed; without it each call is one frame at the fps given."""
+        advances the motion model by the real time elapsed; without it each call is one frame at the fps given.
+        `frame`: the frame's number in its source, which the spans of `ended()` then use (default: update count)."""
         import supervision as sv
 
         self._frame += 1
+        self._at = self._frame if frame is None else frame
         n = len(det)
         # The row index rides along in `data`, which the library's indexing keeps: it is how the input order and the
         # rows that are returned are recovered, whatever the library does with the order.
@@ -143,9 +146,9 @@ class Tracker:
         for tid in ids[ids > 0].tolist():
             span = self._spans.get(tid)
             if span is None:
-                self._spans[tid] = [self._frame, self._frame]
+                self._spans[tid] = [self._at, self._at]
             else:
-                span[1] = self._frame
+                span[1] = self._at
         # An id the library no longer holds can never come back: its span is final.
         alive = {t.tracker_id + 1 for t in self._impl.tracks if t.tracker_id >= 0}
         for tid in [t for t in self._spans if t not in alive]:
