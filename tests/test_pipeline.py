@@ -295,3 +295,95 @@ def test_changes_between_two_loads(tmp_path: Path) -> None:
     diff = changes(first, second)
     assert [s.name for s in diff.added] == ["c"] and [s.name for s in diff.removed] == ["b"]
     assert [(s.name, s.conf) for s in diff.changed] == [("a", 0.9)]
+
+
+# ---------------------------------------------------------------- zones and lines (tritonctl.zones)
+
+
+GEOMETRY = """\
+    zones:
+      - name: door
+        polygon: [[0, 0], [10, 0], [10, 10]]
+        anchor: center
+    lines:
+      - {name: entrance, points: [[0, 5], [10.5, 5]]}
+"""
+
+
+def test_zones_and_lines_load(tmp_path: Path) -> None:
+    from tritonctl.zones import Line, Zone
+
+    source = load_pipeline(write(tmp_path, BASE + GEOMETRY)).sources[0]
+    assert source.zones == (Zone("door", ((0, 0), (10, 0), (10, 10)), "center"),)
+    assert source.lines == (Line("entrance", (0, 5), (10.5, 5)),)  # anchor defaults to bottom_center
+    assert source.lines[0].anchor == "bottom_center"
+    assert load_pipeline(write(tmp_path, BASE)).sources[0].zones == ()  # none by default
+
+
+def test_example_zone_and_line_uncommented_load(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # The commented example under the first source stays valid: uncomment it and load.
+    lines = EXAMPLE.read_text().splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("    # zones:"))
+    end = next(i for i in range(start, len(lines)) if not lines[i].startswith("    # "))
+    lines[start:end] = ["    " + ln.removeprefix("    # ") for ln in lines[start:end]]
+    gate = load_pipeline(write(tmp_path, "\n".join(lines) + "\n")).sources[0]
+    assert [z.name for z in gate.zones] == ["door"] and gate.zones[0].anchor == "bottom_center"
+    assert [(ln.name, ln.a, ln.b) for ln in gate.lines] == [("entrance", (0, 360), (1280, 360))]
+
+
+@pytest.mark.parametrize(("text", "line", "where", "message"), [
+    ("    zones:\n      - name: z\n        polygon: [[0, 0], [1, 1]]\n", 8, "sources[0].zones[0].polygon",
+     "a polygon needs at least 3 points, not 2"),
+    ("    zones:\n      - name: z\n        polygon: [[0, 0], [1, 1], [2, 2]]\n", 8, "sources[0].zones[0].polygon",
+     "the polygon has no area (its points lie on one line)"),
+    ("    zones:\n      - name: z\n        polygon: [[0, 0], [1, 1, 1], [2, 0]]\n", 8, "sources[0].zones[0].polygon",
+     "[1, 1, 1] is not a point: give [x, y]"),
+    ("    zones:\n      - name: z\n        polygon: [[0, 0], [1, a], [2, 0]]\n", 8, "sources[0].zones[0].polygon[1][1]",
+     "'a' is not a number"),
+    ("    zones:\n      - {name: z, polygon: [[0, 0], [1, 0], [0, 1]], anchor: feet}\n", 7,
+     "sources[0].zones[0].anchor", "'feet' is not one of bottom_center, center"),
+    ("    zones:\n      - {name: z, polygon: [[0, 0], [1, 0], [0, 1]], anchr: center}\n", 7,
+     "sources[0].zones[0].anchr", "unknown setting (did you mean anchor?)"),
+    ("    zones:\n      - {name: z, polygon: [[0, 0], [1, 0], [0, 1]]}\n      - {name: z, polygon: [[0, 0], [1, 0], [0, 1]]}\n",
+     8, "sources[0].zones[1].name", "zone name 'z' is already used by sources[0].zones[0].name (line 7)"),
+    ("    lines:\n      - {name: l, points: [[3, 4], [3, 4]]}\n", 7, "sources[0].lines[0].points",
+     "the line's two points are the same point"),
+    ("    lines:\n      - {name: l, points: [[3, 4], [3, 5], [3, 6]]}\n", 7, "sources[0].lines[0].points",
+     "a line needs exactly 2 points, not 3"),
+    ("    lines:\n      - {name: l, points: [[3, .inf], [3, 5]]}\n", 7, "sources[0].lines[0].points[0][1]",
+     "inf is not a finite number"),
+    ("    lines:\n      - {name: l}\n", 7, "sources[0].lines[0].points", "is required but missing"),
+    ("    lines:\n      - {name: l, points: [[0, 0], [1, 1]], polygon: [[0, 0], [1, 0], [0, 1]]}\n", 7,
+     "sources[0].lines[0].polygon", "unknown setting here (polygon belongs under sources[0].zones[0])"),
+    ("    lines:\n      - {name: l, points: [[0, 0], [1, 1]]}\n      - {name: l, points: [[0, 0], [1, 2]]}\n", 8,
+     "sources[0].lines[1].name", "line name 'l' is already used by sources[0].lines[0].name (line 7)"),
+    ("    lines: {name: l}\n", 6, "sources[0].lines", "a mapping is not a list"),
+])
+def test_zone_and_line_errors(tmp_path: Path, text: str, line: int, where: str, message: str) -> None:
+    path = write(tmp_path, BASE + text)
+    assert error(path) == f"{path}:{line}: {where}: {message}"
+
+
+def test_zone_and_line_names_are_per_source(tmp_path: Path) -> None:
+    # The same zone name in two sources, and a zone and a line sharing a name, are fine: each is its own JSON key.
+    other = "  - name: b\n    uri: b.mp4\n" + GEOMETRY.replace("entrance", "door")
+    p = load_pipeline(write(tmp_path, BASE + GEOMETRY + other))
+    assert [z.name for s in p.sources for z in s.zones] == ["door", "door"]
+    assert p.sources[1].lines[0].name == "door"
+
+
+def test_stray_name_is_not_sent_to_zones(tmp_path: Path) -> None:
+    # `name` is a zone's and a line's key too, but a stray one outside a source is no hint to put it there.
+    path = write(tmp_path, BASE + "run:\n  name: x\n")
+    assert error(path).startswith(f"{path}:7: run.name: unknown setting (known: ")
+
+
+def test_changes_sees_edited_zones_and_lines(tmp_path: Path) -> None:
+    first = load_pipeline(write(tmp_path, BASE + GEOMETRY))
+    assert not changes(first, load_pipeline(write(tmp_path, BASE + GEOMETRY)))  # the same file: no change
+    edits = (GEOMETRY.replace("[10, 10]", "[10, 11]"), GEOMETRY.replace("anchor: center", "anchor: bottom_center"),
+             GEOMETRY.replace("10.5, 5", "10.5, 6"), GEOMETRY.replace("entrance", "exit"),
+             GEOMETRY[:GEOMETRY.index("    lines")])  # a moved point, another anchor, a renamed or a removed line
+    for edit in edits:
+        diff = changes(first, load_pipeline(write(tmp_path, BASE + edit)))
+        assert [s.name for s in diff.changed] == ["a"] and not diff.added and not diff.removed, edit

@@ -23,6 +23,7 @@ from tritonctl.video import SourceSpec, parse_sources
 
 if TYPE_CHECKING:
     from tritonctl.pipeline import Pipeline, SourceConfig
+    from tritonctl.zones import Line, Zone
 
 POLICIES = ("auto", "latest", "block")
 MAX_AUTO_BATCH = 8  # cameras batched together by default (capped by the model's max batch)
@@ -38,6 +39,8 @@ class SourceOptions:
     policy: str = "auto"  # auto: latest for live sources, block for files (--realtime/--offline decide when given)
     video_output: Path | None = None
     json_output: Path | None = None
+    zones: tuple[Zone, ...] = ()  # counted per class (pipeline file)
+    lines: tuple[Line, ...] = ()  # crossings in/out per class, with --track (pipeline file)
 
 
 @dataclass(frozen=True)
@@ -191,7 +194,7 @@ def _options(src: SourceConfig, post_flags: dict[str, Any], given: dict[str, Any
     if "realtime" in given:
         policy = "latest" if given["realtime"] else "block"
     return SourceOptions(src.name, post, given.get("vid_stride", src.vid_stride), policy, src.video_output,
-                         src.json_output)
+                         src.json_output, src.zones, src.lines)
 
 
 _EXAMPLE_NAMES = {"--output": "out.mp4", "--json": "detections.jsonl", "--summary-json": "summary.json",
@@ -544,8 +547,18 @@ class LiveFigures:
                         "fps": round(figures.get("fps", 0.0), 1), "inferred": s.inferred,
                         "latency_p50_ms": round(figures.get("p50", 0.0), 1),
                         "latency_p99_ms": round(figures.get("p99", 0.0), 1),
-                        "dropped": s.dropped, "stalls": s.stalls, "reconnects": s.reconnects})
+                        "dropped": s.dropped, "stalls": s.stalls, "reconnects": s.reconnects,
+                        "counts": _counts_text(s.geometry)})
         return out
+
+
+def _counts_text(geometry: dict[str, Any] | None) -> str:
+    """Zones and lines in one line for the live view: `door 2 · entrance in 5 out 3`."""
+    if not geometry:
+        return ""
+    parts = [f"{name} {sum(z['current'].values())}" for name, z in geometry["zones"].items()]
+    parts += [f"{name} in {sum(ln['in'].values())} out {sum(ln['out'].values())}" for name, ln in geometry["lines"].items()]
+    return " · ".join(parts)
 
 
 # ---------------------------------------------------------------- reloading the pipeline file

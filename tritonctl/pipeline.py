@@ -21,6 +21,7 @@ from pydantic_core import PydanticCustomError
 
 from tritonctl.endpoint import parse_endpoint
 from tritonctl.errors import BadInput
+from tritonctl.zones import Anchor, Line, Zone, line_problem, polygon_problem
 
 Loc = tuple[str | int, ...]
 Policy = Literal["auto", "latest", "block"]
@@ -59,6 +60,8 @@ class SourceConfig:
     policy: str = "auto"
     video_output: Path | None = None
     json_output: Path | None = None
+    zones: tuple[Zone, ...] = ()  # counted per frame (tritonctl.zones); part of equality, so an edit restarts the source
+    lines: tuple[Line, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,20 @@ def _not_blank(text: str) -> str:
     return text
 
 
+def _polygon(points: list[list[float]]) -> list[list[float]]:
+    problem = polygon_problem(points)  # the same check as Zone's, worded for the file
+    if problem:
+        raise _fail(problem)
+    return points
+
+
+def _line_points(points: list[list[float]]) -> list[list[float]]:
+    problem = line_problem(points)
+    if problem:
+        raise _fail(problem)
+    return points
+
+
 Fraction = Annotated[float, AfterValidator(_in_range(0, 1))]
 Stride = Annotated[int, AfterValidator(_at_least(1))]
 ClassId = Annotated[int, AfterValidator(_at_least(0))]
@@ -199,11 +216,25 @@ class _Outputs(_Strict):
     json_path: Text | None = Field(default=None, alias="json")
 
 
+class _Zone(_Strict):
+    name: Name
+    polygon: Annotated[list[list[float]], AfterValidator(_polygon)]
+    anchor: Anchor = "bottom_center"
+
+
+class _Line(_Strict):
+    name: Name
+    points: Annotated[list[list[float]], AfterValidator(_line_points)]
+    anchor: Anchor = "bottom_center"
+
+
 class _Source(_Defaults):
     # The per-source settings are the defaults' own fields; only those set in the file override `defaults`.
     name: Name | None = None
     uri: Text
     outputs: _Outputs = _Outputs()
+    zones: list[_Zone] = []  # per source only: pixel coordinates belong to one camera's frame
+    lines: list[_Line] = []
 
 
 class _File(_Strict):
@@ -218,7 +249,9 @@ class _File(_Strict):
 # Where each mapping's keys are defined, for "did you mean" (loc with indexes replaced by 0).
 _SECTIONS: dict[Loc, type[BaseModel]] = {
     (): _File, ("run",): _Run, ("defaults",): _Defaults, ("sources", 0): _Source, ("sources", 0, "outputs"): _Outputs,
+    ("sources", 0, "zones", 0): _Zone, ("sources", 0, "lines", 0): _Line,
 }
+_GEOMETRY: tuple[Loc, ...] = (("sources", 0, "zones", 0), ("sources", 0, "lines", 0))
 
 
 # ---------------------------------------------------------------- loading
@@ -307,7 +340,17 @@ def _source(index: int, source: _Source, defaults: _Defaults) -> SourceConfig:
     classes = merged.pop("classes")
     return SourceConfig(name=source.name or f"cam{index}", uri=source.uri,
                         classes=tuple(classes) if classes is not None else None,
-                        video_output=_out(source.outputs.video), json_output=_out(source.outputs.json_path), **merged)
+                        video_output=_out(source.outputs.video), json_output=_out(source.outputs.json_path),
+                        zones=_zones(source.zones), lines=_lines(source.lines), **merged)
+
+
+def _zones(zones: list[_Zone]) -> tuple[Zone, ...]:
+    return tuple(Zone(z.name, tuple((p[0], p[1]) for p in z.polygon), z.anchor) for z in zones)
+
+
+def _lines(lines: list[_Line]) -> tuple[Line, ...]:
+    return tuple(Line(ln.name, (ln.points[0][0], ln.points[0][1]), (ln.points[1][0], ln.points[1][1]), ln.anchor)
+                 for ln in lines)
 
 
 def _out(text: str | None) -> Path | None:
@@ -326,6 +369,9 @@ def _check_unique(path: Path, root: yaml.Node, pipeline: Pipeline) -> None:
     for i, s in sources:
         outputs += [(("sources", i, "outputs", "video"), s.video_output), (("sources", i, "outputs", "json"), s.json_output)]
     _unique(path, root, ((loc, p) for loc, p in outputs if p is not None), "output file")
+    for i, s in sources:  # zone names and line names are each unique within their source (the JSON keys)
+        _unique(path, root, ((("sources", i, "zones", j, "name"), z.name) for j, z in enumerate(s.zones)), "zone name")
+        _unique(path, root, ((("sources", i, "lines", j, "name"), ln.name) for j, ln in enumerate(s.lines)), "line name")
 
 
 def _unique(path: Path, root: yaml.Node, items: Iterable[tuple[Loc, object]], what: str) -> None:
@@ -405,7 +451,8 @@ def _unknown(loc: Loc) -> str:
     if close:
         return f"unknown setting (did you mean {close[0]}?)"
     # A real setting in the wrong place: say where it belongs.
-    homes = [_where(s) or "the top level" for s, m in _SECTIONS.items() if key in _keys(m) and s != ("sources", 0)]
+    homes = [_where(s) or "the top level" for s, m in _SECTIONS.items() if key in _keys(m) and s != ("sources", 0)
+             and not (s in _GEOMETRY and key in _keys(_Source))]  # a stray `name:` is no zone's
     if homes:
         return f"unknown setting here ({key} belongs under {homes[0]})"
     return f"unknown setting (known: {', '.join(known)})"

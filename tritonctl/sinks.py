@@ -8,6 +8,8 @@ JSON Lines schema (one line per inferred frame; in frame order within a source, 
 Coordinates are pixels of the source frame; timestamp is seconds into the file, or since the start for live sources.
 With --track, each detection also has "track_id" (1-based, stable per object within its source), and a line may carry
 "ended_tracks": [{"track_id": 3, "first_frame": 12, "last_frame": 240}] for the tracks that ended by that frame.
+A source with zones or lines (pipeline file) adds "zones": {name: {"count": {class: n}, "entered": [ids], "left": [ids]}}
+and "lines": {name: {"in": {class: n}, "out": {class: n}, "in_ids": [...], "out_ids": [...]}} (this frame's).
 Lines of an image source (a folder, a glob, an image) also carry "path": the image file the frame was read from.
 
 Every sink follows the `Sink` protocol: write() is called from one thread, in frame order, for each inferred frame;
@@ -111,6 +113,8 @@ class JsonlSink:
         if frame.path is not None:
             line["path"] = str(frame.path)
         line.update(timestamp=round(frame.timestamp, 4), detections=rows)
+        if result.geometry is not None:
+            line.update(result.geometry.to_json(info.names))
         if result.ended_tracks:
             line["ended_tracks"] = [{"track_id": s.track_id, "first_frame": s.first_frame, "last_frame": s.last_frame}
                                     for s in result.ended_tracks]

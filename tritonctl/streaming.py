@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from tritonctl.detect import DetectSettings, SourceOptions
     from tritonctl.sinks import Sink
     from tritonctl.tracking import Tracker, TrackSpan
+    from tritonctl.zones import GeometryState, SourceGeometry
 
 STAGES = ("decode", "preprocess", "queue", "round_trip", "postprocess", "end_to_end")
 LIVE_QUEUE = 1  # a live camera's `latest` queue: the newest frame, never one that waited behind others
@@ -48,6 +49,7 @@ class Result:
     timings: dict[str, float]
     endpoint: str = ""
     ended_tracks: list[TrackSpan] = field(default_factory=list)  # tracks of this source that ended by this frame
+    geometry: GeometryState | None = None  # its source's zones and lines at this frame (pipeline file)
 
 
 @dataclass
@@ -334,6 +336,7 @@ class SourceRun:
     halt: threading.Event  # stops this reader alone (a source removed at run time)
     sinks: list[Sink] = field(default_factory=list)
     state: str = "running"  # running; then ended (its end), failed (gave up), stopped (the run was), removed
+    geometry: SourceGeometry | None = None  # its zones and lines, counted in frame order
     added_at: float = field(default_factory=time.perf_counter)
     removed_at: float = 0.0
 
@@ -388,6 +391,10 @@ class Detection:
         halt = threading.Event()
         reader = Reader(spec, queue, halt, options.vid_stride, self.settings.stall_timeout_s, self.settings.reconnects)
         src = SourceRun(spec, options, queue, reader, halt)
+        if options.zones or options.lines:
+            from tritonctl.zones import SourceGeometry
+
+            src.geometry = SourceGeometry(options.zones, options.lines)
         self.sources[spec.id] = src
         self.dispatcher.add(spec.id, queue)
         return src
@@ -438,6 +445,8 @@ class Detection:
                 src = self.sources.get(ready.frame.source)
                 if self.settings.track is not None:
                     self._track(ready)
+                if src is not None and src.geometry is not None:
+                    ready.geometry = src.geometry.update(ready.detections, ready.frame.index)
                 try:
                     for sink in [*self.sinks, *(src.sinks if src is not None and src.state != "removed" else [])]:
                         sink.write(ready, self.info)
@@ -446,6 +455,14 @@ class Detection:
                     self.stats.add(ready)
                     self.dispatcher.advance(self._next_seq)
             self.dispatcher.advance(self._next_seq)
+
+    def geometry_totals(self, source: int) -> dict[str, Any] | None:
+        """A source's zone and line counts so far, read between two frames (the view's thread asks)."""
+        src = self.sources.get(source)
+        if src is None or src.geometry is None:
+            return None
+        with self._emit_lock:
+            return src.geometry.totals(self.info.names)
 
     def _track(self, result: Result) -> None:
         """Track ids for this frame, in frame order per source (emit's order): one tracker per source."""

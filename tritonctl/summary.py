@@ -48,6 +48,7 @@ class SourceSummary:
     state: str  # ended (its end), failed (gave up), stopped (Ctrl-C, or the run ended first), removed (a reload)
     latency_ms: dict[str, float]  # end to end, frame decoded -> result written: p50, p95, p99, mean
     tracks: int | None = None  # --track: distinct tracks seen
+    geometry: dict[str, Any] | None = None  # zones (current, max per class) and lines (in, out per class) so far
 
     def count(self, name: str) -> int:
         return int(getattr(self, name))
@@ -126,7 +127,8 @@ def source_summary(run: Detection, src: SourceRun, now: float) -> SourceSummary:
         fps=inferred / max(until - (rs.first_frame_at or src.added_at), 1e-9), state=src.state,
         first_frame_s=rs.first_frame_at - src.added_at if rs.first_frame_at else None,
         latency_ms=percentiles(st.source_latency.get(sid)),
-        tracks=len(run.track_ids.get(sid, ())) if run.settings.track is not None else None)
+        tracks=len(run.track_ids.get(sid, ())) if run.settings.track is not None else None,
+        geometry=run.geometry_totals(sid))
 
 
 def summarize(run: Detection, signal_name: str | None = None) -> RunSummary:

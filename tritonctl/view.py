@@ -440,7 +440,10 @@ function makeTile(id) {
   }
   el.append(h2, img, figures);
   document.getElementById("tiles").append(el);
-  const tile = {el, img, uri, state, values};
+  const counts = document.createElement("div");
+  counts.className = "counts";  // zones and lines of the pipeline file, when the source has any
+  figures.append(counts);
+  const tile = {el, img, uri, state, values, counts};
   tiles.set(id, tile);
   return tile;
 }
@@ -451,6 +454,7 @@ function update(tile, src) {
   tile.state.textContent = src.state || "";
   tile.state.className = "state " + (src.state || "");
   for (const [key, , digits] of FIELDS) tile.values[key].textContent = fmt(src[key], digits);
+  tile.counts.textContent = src.counts || "";
 }
 
 function drop(id) {
