@@ -442,6 +442,10 @@ def detect(
     view: str | None = typer.Option(None, help="serve a live page of every stream at HOST:PORT (e.g. 127.0.0.1:8080)"),
     track: str | None = typer.Option(None, help="track objects per source: bytetrack, ocsort or botsort (ids in the "
                                                 "JSON Lines, on the video and the live view)"),
+    sink: list[str] = typer.Option([], help="publish results to a broker: mqtt://host:port/topic, "
+                                            "redis://host:port/stream, nats://host:port/subject; repeat for several"),
+    sink_outbox: int | None = typer.Option(None, help="messages kept per broker while it is away (default 10000)"),
+    sink_policy: str | None = typer.Option(None, help="a full outbox: drop-oldest (default), drop-newest, block"),
     server_timeout: float | None = typer.Option(None, help="seconds to wait while every endpoint is down (default 30)"),
     stall_timeout: float | None = typer.Option(None, help="seconds of silence before a live source counts as stalled "
                                                           "(default 5)"),
@@ -458,6 +462,7 @@ def detect(
              "classes": _int_list(classes, "--classes") or None if classes is not None else None, "output": output,
              "json_path": json_out, "summary_json": summary_json, "show": show, "view": view,
              "server_timeout_s": server_timeout, "stall_timeout_s": stall_timeout, "reconnects": reconnects, "track": track,
+             "sinks": tuple(sink) or None, "sink_outbox": sink_outbox, "sink_policy": sink_policy,
              "urls": url or None}
     settings = det.settings_from_flags(config, sources or [], flags)
     outcome = det.execute(settings, progress=out)

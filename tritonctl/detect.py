@@ -68,6 +68,9 @@ class DetectSettings:
     stall_timeout_s: float = 5.0
     reconnects: int = 5
     track: str | None = None  # --track: a tracker per source (tracking.TRACKERS)
+    sinks: tuple[str, ...] = ()  # --sink: brokers the results are published to (mqtt://, redis://, nats://)
+    sink_outbox: int = 10_000  # messages waiting per broker sink before the policy applies
+    sink_policy: str = "drop-oldest"
     pipeline: Pipeline | None = None  # the pipeline file this run came from (reloaded on SIGHUP or a change)
     overrides: dict[str, Any] = field(default_factory=dict)  # the flags given over the file (a reload applies them too)
 
@@ -134,6 +137,13 @@ def _validate(s: DetectSettings) -> None:
         raise BadInput("--batch-timeout-ms must be 0 or more (0: send what is there at once)")
     if any(o.policy not in POLICIES for o in s.source_options):
         raise BadInput(f"a source's policy must be one of {', '.join(POLICIES)}")
+    if s.sinks:
+        from tritonctl import events
+
+        for url in s.sinks:
+            events.parse_sink_url(url)  # refused here, before anything starts
+        if s.sink_policy not in events.POLICIES or s.sink_outbox < 1:
+            raise BadInput(f"--sink-policy {s.sink_policy}: choose {', '.join(events.POLICIES)}; --sink-outbox at least 1")
     if s.track is not None:
         from tritonctl.tracking import TRACKERS
 
@@ -180,7 +190,9 @@ def settings_from_pipeline(pipeline: Pipeline, sources: list[str], flags: dict[s
         "reconnects": given.get("reconnects", run.reconnects), "source_options": tuple(per_source),
         "post": PostSettings(**post_flags), "pipeline": pipeline, "overrides": given,
     }
-    kw.update({k: given[k] for k in ("realtime", "output", "show", "server_timeout_s", "track") if k in given})
+    kw.update({k: given[k] for k in ("realtime", "output", "show", "server_timeout_s", "track", "sink_outbox",
+                                     "sink_policy") if k in given})
+    kw["sinks"] = tuple(given.get("sinks") or run.sinks)
     urls = given.get("urls") or list(pipeline.urls)
     settings = DetectSettings.create(sources=[src.uri for src in pipeline.sources] + list(sources), urls=urls, **kw)
     # The file's batch is a wish: the model's max batch caps it, as it caps the default. A --batch is taken as said.
@@ -363,7 +375,26 @@ def open_sinks(settings: DetectSettings, run: Detection, extra: list[Sink] | Non
         sinks.append(VideoSink({sid: p for sid, p in targets.items() if sid not in images}, _fps_of(run)))
     if settings.show:
         sinks.append(ShowSink())
+    sinks += broker_sinks(settings, run)
     return sinks
+
+
+def broker_sinks(settings: DetectSettings, run: Detection) -> list[Sink]:
+    """One publishing sink per --sink; `run.brokers` keeps them for the summary's figures."""
+    from tritonctl.events import BrokerSink, parse_sink_url
+
+    def name(sid: int) -> str:
+        src = run.sources.get(sid)
+        return (src.options.name or f"cam{sid}") if src is not None else f"cam{sid}"
+
+    def uri(sid: int) -> str:
+        src = run.sources.get(sid)
+        return src.spec.uri if src is not None else ""
+
+    for url in settings.sinks:
+        run.brokers.append(BrokerSink(parse_sink_url(url), source_name=name, source_uri=uri,
+                                      capacity=settings.sink_outbox, policy=settings.sink_policy))
+    return list(run.brokers)
 
 
 def _fps_of(run: Detection) -> Any:
@@ -446,6 +477,8 @@ def execute(settings: DetectSettings, progress: Any = None) -> DetectOutcome:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
     summary = summarize(run, signal.Signals(interrupted[0]).name if interrupted else None)
+    if run.brokers:
+        summary.extra["sinks"] = [b.stats() for b in run.brokers]
     if reloader is not None:
         summary.extra["reloads"] = reloader.reloads
     if settings.summary_json is not None:

@@ -45,6 +45,7 @@ class RunConfig:
     view: str | None = None
     stall_timeout: float = 5.0
     reconnects: int = 5
+    sinks: tuple[str, ...] = ()  # brokers: mqtt://host:port/topic, redis://host:port/stream, nats://host:port/subject
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,16 @@ def _view_address(text: str) -> str:
     return text
 
 
+def _sink_url(text: str) -> str:
+    from tritonctl.events import parse_sink_url  # the same parser as --sink
+
+    try:
+        parse_sink_url(text)
+    except BadInput as e:
+        raise _fail(str(e).strip()) from None
+    return text
+
+
 def _numbers_as_text(value: Any) -> Any:
     # `uri: 0` (a webcam index) and `name: 1` are meant as text; YAML reads them as ints.
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
@@ -181,6 +192,7 @@ Text = Annotated[str, BeforeValidator(_numbers_as_text), AfterValidator(_not_bla
 Name = Annotated[str, BeforeValidator(_numbers_as_text), AfterValidator(_name)]
 Url = Annotated[str, AfterValidator(_endpoint)]
 ViewAddress = Annotated[str, AfterValidator(_view_address)]
+SinkUrl = Annotated[str, AfterValidator(_sink_url)]
 
 
 # ---------------------------------------------------------------- the schema (file side)
@@ -201,6 +213,7 @@ class _Run(_Strict):
     view: ViewAddress | None = None
     stall_timeout: Annotated[float, AfterValidator(_positive)] = RunConfig.stall_timeout
     reconnects: Annotated[int, AfterValidator(_at_least(0))] = RunConfig.reconnects
+    sinks: list[SinkUrl] = []
 
 
 class _Defaults(_Strict):
@@ -328,7 +341,7 @@ def _resolve(path: Path, parsed: _File) -> Pipeline:
     r = parsed.run
     run = RunConfig(batch=r.batch, batch_timeout_ms=r.batch_timeout_ms, concurrency=r.concurrency, shm=r.shm,
                     json=_out(r.json_path), summary_json=_out(r.summary_json), view=r.view,
-                    stall_timeout=r.stall_timeout, reconnects=r.reconnects)
+                    stall_timeout=r.stall_timeout, reconnects=r.reconnects, sinks=tuple(r.sinks))
     sources = [_source(i, s, parsed.defaults) for i, s in enumerate(parsed.sources)]
     return Pipeline(path=path, model=parsed.model, urls=list(parsed.urls), protocol=parsed.protocol, run=run,
                     sources=sources)

@@ -378,6 +378,7 @@ class Detection:
         self.started = threading.Event()  # readers and workers started: sources may be added or removed from now
         self._claimed: set[Path] = set()  # per-source output files this run has opened
         self.trackers: dict[int, Tracker] = {}  # per source, made at its first result (--track)
+        self.brokers: list[Any] = []  # the --sink publishers among the sinks (their figures go in the summary)
         self.track_ids: dict[int, set[int]] = {}  # per source, the tracks seen (the summary's count)
 
     @property

@@ -176,7 +176,15 @@ def render_summary(summary: RunSummary) -> None:
         lat.add_row("server queue (avg)", "", "", "", f"{s.server['queue_ms']:.2f}")
         lat.add_row("server compute (avg)", "", "", "", f"{s.server['compute_ms']:.2f}")
     con.print(lat)
+    sinks = s.extra.get("sinks") or []
+    if sinks:
+        table = Table("broker sink", "sent", "dropped", "lost", "reconnects", "publish p99 ms")
+        for b in sinks:
+            table.add_row(str(b["sink"]), str(b["sent"]), str(b["dropped"]), str(b["lost"]), str(b["reconnects"]),
+                          f"{b['publish_p99_ms']:.1f}")
+        con.print(table)
     warnings = [f"retries {s.retries}, endpoints down up to {s.all_down_s:.1f} s"] if s.retries else []
+    warnings += [f"{b['sink']}: {b['dropped']} dropped, {b['lost']} lost" for b in sinks if b["dropped"] or b["lost"]]
     warnings += s.problems
     if s.ended_by != "end of sources":
         warnings.append(f"ended by {s.ended_by}")
