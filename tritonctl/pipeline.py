@@ -122,32 +122,32 @@ def _positive(value: float) -> float:
     return value
 
 
-def _endpoint(text: str) -> str:
-    try:
-        parse_endpoint(text, flag="")
-    except BadInput as e:
-        raise _fail(str(e).strip()) from None
-    return text
+def _checked_by(parse: Callable[[str], object]) -> Callable[[str], str]:
+    """A validator that runs one of the flags' own parsers (what --url, --view, --sink accept, the file does too)
+    and turns its one-line error into this file's."""
+    def check(text: str) -> str:
+        try:
+            parse(text)
+        except BadInput as e:
+            raise _fail(str(e).strip()) from None
+        return text
+    return check
 
 
-def _view_address(text: str) -> str:
-    from tritonctl.view import parse_view_address  # the same parser as --view: what one accepts, the other does
-
-    try:
-        parse_view_address(text)
-    except BadInput as e:
-        raise _fail(str(e).strip()) from None
-    return text
+def _endpoint(text: str) -> object:
+    return parse_endpoint(text, flag="")
 
 
-def _sink_url(text: str) -> str:
-    from tritonctl.events import parse_sink_url  # the same parser as --sink
+def _view_address(text: str) -> object:
+    from tritonctl.view import parse_view_address
 
-    try:
-        parse_sink_url(text)
-    except BadInput as e:
-        raise _fail(str(e).strip()) from None
-    return text
+    return parse_view_address(text)
+
+
+def _sink_url(text: str) -> object:
+    from tritonctl.events import parse_sink_url
+
+    return parse_sink_url(text)
 
 
 def _numbers_as_text(value: Any) -> Any:
@@ -190,9 +190,9 @@ Stride = Annotated[int, AfterValidator(_at_least(1))]
 ClassId = Annotated[int, AfterValidator(_at_least(0))]
 Text = Annotated[str, BeforeValidator(_numbers_as_text), AfterValidator(_not_blank)]
 Name = Annotated[str, BeforeValidator(_numbers_as_text), AfterValidator(_name)]
-Url = Annotated[str, AfterValidator(_endpoint)]
-ViewAddress = Annotated[str, AfterValidator(_view_address)]
-SinkUrl = Annotated[str, AfterValidator(_sink_url)]
+Url = Annotated[str, AfterValidator(_checked_by(_endpoint))]
+ViewAddress = Annotated[str, AfterValidator(_checked_by(_view_address))]
+SinkUrl = Annotated[str, AfterValidator(_checked_by(_sink_url))]
 
 
 # ---------------------------------------------------------------- the schema (file side)
