@@ -442,10 +442,15 @@ class NatsPublisher:
                                      disconnected_cb=quiet, closed_cb=quiet)
         self.js = self.nc.jetstream(timeout=self.timeout_s)
         try:
-            await self.js.find_stream_name_by_subject(self.spec.target)
-        except NotFoundError:
-            name = "TRITONCTL_" + "".join(c if c.isalnum() or c in "-_" else "_" for c in self.spec.target)
-            await self.js.add_stream(name=name, subjects=[self.spec.target])
+            try:
+                await self.js.find_stream_name_by_subject(self.spec.target)
+            except NotFoundError:
+                name = "TRITONCTL_" + "".join(c if c.isalnum() or c in "-_" else "_" for c in self.spec.target)
+                await self.js.add_stream(name=name, subjects=[self.spec.target])
+        except BaseException:  # no JetStream (a server without -js), or it timed out: no connection left behind
+            await self.nc.close()
+            self.nc = None
+            raise
 
     def publish(self, batch: list[Message]) -> tuple[int, Exception | None]:
         try:
@@ -562,8 +567,14 @@ class BrokerSink:
     def written(self) -> list[tuple[Path, int]]:
         return []  # no files
 
+    def stop_waiting(self) -> None:
+        """The run is stopping: a `block` outbox stops waiting for room (a put that finds it full drops, counted), so
+        no pipeline thread stays blocked on a broker that is down. Publishing and the flush at close go on."""
+        self.outbox.close()
+
     def close(self) -> None:
         """End events for open tracks, then flush: up to flush_timeout_s, the rest counted as lost."""
+        self.stop_waiting()  # the end events below must never wait for room
         if "object" in self.spec.kinds:
             for event in self.objects.finish(self._names):
                 event["name"] = self.source_name(event["source"])
@@ -612,10 +623,10 @@ class BrokerSink:
 
     def _send(self, batch: list[Message]) -> bool:
         started = time.perf_counter()
-        for m in batch:
-            if not m.payload:
-                m.payload = json.dumps(m.body, separators=(",", ":")).encode()
         try:
+            for m in batch:
+                if not m.payload:
+                    m.payload = json.dumps(m.body, separators=(",", ":")).encode()
             acked, error = self.publisher.publish(batch)
         except Exception as e:  # a client library's surprise must not end the thread: retried like any failure
             acked, error = 0, e
