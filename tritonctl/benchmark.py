@@ -51,10 +51,12 @@ class BenchmarkSettings:
     latency_budget_ms: float | None = None
     out_dir: Path = Path("reports")
     metrics_url: str | None = None
+    replicas: tuple[str, ...] = ()  # --discover: every address the name resolved to (the first is measured)
+    discovered_from: str = ""  # --discover's NAME:PORT
 
     @classmethod
     def create(cls, *, batch_sizes: str, concurrency: str, out_dir: Path | None, model: str, url: str = "",
-               **kw: Any) -> BenchmarkSettings:
+               discover: str | None = None, discover_dns: str | None = None, **kw: Any) -> BenchmarkSettings:
         try:
             batches = tuple(int(b) for b in batch_sizes.split(",") if b.strip())
         except ValueError:
@@ -71,7 +73,13 @@ class BenchmarkSettings:
         start, end, step = {1: (values[0], values[0], 1), 2: (values[0], values[-1], 1)}.get(len(values), tuple(values))
         if end < start:
             raise BadInput(f"--concurrency {concurrency!r}: end below start")
-        [endpoint] = parse_endpoints([url] if url else [], kw.get("protocol", "http"))
+        if discover_dns and not discover:
+            raise BadInput("--discover-dns goes with --discover NAME:PORT")
+        if discover:
+            endpoint, kw["replicas"], kw["discovered_from"] = _one_replica(discover, url, discover_dns,
+                                                                          kw.get("protocol", "http"))
+        else:
+            [endpoint] = parse_endpoints([url] if url else [], kw.get("protocol", "http"))
         out = out_dir or Path("reports") / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
         _check_out_dir(out)
         s = cls(model=model, endpoint=endpoint, batch_sizes=tuple(sorted(set(batches))), concurrency=(start, end, step),
@@ -101,6 +109,19 @@ class BenchmarkSettings:
         if self.metrics_url:
             args += ["--collect-metrics", "--metrics-url", self.metrics_url]
         return args
+
+
+def _one_replica(discover: str, url: str, dns: str | None, protocol: str) -> tuple[Endpoint, tuple[str, ...], str]:
+    """--discover for a benchmark: resolved once, the first address measured. perf_analyzer drives one server, and
+    what `deploy plan` needs is one replica's capacity (the replicas of a Deployment are alike); measuring each in
+    turn would multiply a sweep of minutes by the replicas for the same figure. The others are named in the report."""
+    from tritonctl.discovery import first_endpoints, parse_discover
+
+    if url:
+        raise BadInput("benchmark measures one server: give --url or --discover, not both")
+    target = parse_discover(discover, protocol, dns)
+    found = first_endpoints(target)
+    return found[0], tuple(e.url for e in found), str(target)
 
 
 def _check_out_dir(out: Path) -> None:
@@ -299,6 +320,7 @@ def write_summary(result: BenchmarkResult, s: BenchmarkSettings) -> list[Path]:
     json_path = result.out_dir / "summary.json"
     json_path.write_text(json.dumps({
         "model": s.model, "url": s.url, "protocol": s.protocol, "shared_memory": s.shared_memory,
+        **({"discover": s.discovered_from, "replicas": list(s.replicas)} if s.replicas else {}),
         "latency_budget_ms": s.latency_budget_ms, "max_batch": result.max_batch, "skipped_batch_sizes": result.skipped,
         "gpu_columns": {key: how for key, how in GPU_COLUMNS.values()},
         "rows": [{"batch": r.batch, "concurrency": r.concurrency, **r.values, "per_gpu": r.per_gpu} for r in result.rows],

@@ -406,6 +406,11 @@ def _print_summary(summary: Any) -> None:
 
 # ---------------------------------------------------------------- detect
 
+DISCOVER_HELP = ("NAME:PORT: every address NAME resolves to (A and AAAA; a Kubernetes headless Service: one per ready pod) "
+                 "is an endpoint, looked up again every --discover-interval; with --url: both")
+DISCOVER_DNS_HELP = "ask this DNS server (host[:port], default port 53) instead of this host's resolver"
+DISCOVER_INTERVAL_HELP = "seconds between lookups of --discover's name (default 5)"
+
 
 @app.command()
 @command
@@ -450,6 +455,9 @@ def detect(
     stall_timeout: float | None = typer.Option(None, help="seconds of silence before a live source counts as stalled "
                                                           "(default 5)"),
     reconnects: int | None = typer.Option(None, help="reopen attempts (with back-off) for a stalled live source (default 5)"),
+    discover: str | None = typer.Option(None, help=DISCOVER_HELP),
+    discover_dns: str | None = typer.Option(None, help=DISCOVER_DNS_HELP),
+    discover_interval: float | None = typer.Option(None, help=DISCOVER_INTERVAL_HELP),
 ) -> None:
     """Stream sources through a detection model on Triton: pipelined, batched across cameras, in order; annotated video,
     JSON Lines, a live view."""
@@ -463,7 +471,8 @@ def detect(
              "json_path": json_out, "summary_json": summary_json, "show": show, "view": view,
              "server_timeout_s": server_timeout, "stall_timeout_s": stall_timeout, "reconnects": reconnects, "track": track,
              "sinks": tuple(sink) or None, "sink_outbox": sink_outbox, "sink_policy": sink_policy,
-             "urls": url or None}
+             "urls": url or None, "discover": discover, "discover_dns": discover_dns,
+             "discover_interval_s": discover_interval}
     settings = det.settings_from_flags(config, sources or [], flags)
     outcome = det.execute(settings, progress=out)
     summary = outcome.summary
@@ -506,6 +515,9 @@ def benchmark(
     repo: Path = typer.Option(Path("model_repository"), help="the repository holding the model's config (for --apply)"),
     doctor: bool = typer.Option(False, "--doctor", help="say which perf_analyzer would be used, and why, and whether "
                                                          "--shared-memory cuda can work here"),
+    discover: str | None = typer.Option(None, help="NAME:PORT: measure one replica of those NAME resolves to (the first "
+                                                   "address; perf_analyzer drives one server), named in the report"),
+    discover_dns: str | None = typer.Option(None, help=DISCOVER_DNS_HELP),
 ) -> None:
     """Sweep batch sizes (and concurrency) with perf_analyzer; CSVs, summary, best setting, plot; --apply it."""
     from tritonctl import benchmark as bm
@@ -521,7 +533,10 @@ def benchmark(
         model=model, url=url, batch_sizes=batch_sizes, concurrency=concurrency, protocol=protocol,
         shared_memory=shared_memory, measurement_interval_ms=measurement_interval,
         stability_percentage=stability_percentage, latency_budget_ms=latency_budget_ms, out_dir=out_dir,
-        metrics_url=metrics_url)
+        metrics_url=metrics_url, discover=discover, discover_dns=discover_dns)
+    if s.replicas:
+        out.print(f"--discover {discover}: {len(s.replicas)} replica(s) {', '.join(s.replicas)}; measuring {s.url}",
+                  highlight=False, markup=False, soft_wrap=True)
     if apply and not (repo / model / "config.pbtxt").is_file():
         raise BadInput(f"--apply needs {repo / model / 'config.pbtxt'}: pass --repo, the repository the server loads")
     tool = perf.find_perf_analyzer()
@@ -640,6 +655,9 @@ def val(
     max_det: int = typer.Option(300, help="detections kept per image (also the evaluator's maxDets)"),
     batch: int | None = typer.Option(None, help="images per request (default: up to 4, within the model's max batch)"),
     concurrency: int = typer.Option(4, help="requests in flight"),
+    discover: str | None = typer.Option(None, help=DISCOVER_HELP),
+    discover_dns: str | None = typer.Option(None, help=DISCOVER_DNS_HELP),
+    discover_interval: float | None = typer.Option(None, help=DISCOVER_INTERVAL_HELP),
 ) -> None:
     """Accuracy of the model as served (mAP50-95, mAP50, mAP75, per class, P/R) by the COCO evaluator, optionally
     next to the checkpoint's own Ultralytics val; a gate for deployment pipelines."""
@@ -649,7 +667,8 @@ def val(
     settings = v.ValSettings.create(
         model=model, data=data, urls=url, out_dir=out_dir, protocol=protocol, shm=shm, split=split, images=images,
         max_images=max_images, reference=reference, max_drop=max_drop, batch=batch, concurrency=concurrency,
-        post=PostSettings(conf=conf, iou=iou, max_det=max_det, multi_label=True))
+        post=PostSettings(conf=conf, iou=iou, max_det=max_det, multi_label=True), discover=discover,
+        discover_dns=discover_dns, discover_interval_s=discover_interval)
     result = v.run_val(settings, progress=out)
     v.render(result, out)
     out.print("wrote " + ", ".join(str(p) for p in result.files), highlight=False, markup=False, soft_wrap=True)
@@ -699,6 +718,90 @@ def config(
     for record in serving(repo):  # Triton reads the repository at start (no polling): say how the model gets loaded
         out.print(f"[yellow]note:[/] the server at {record.url} serves {repo} and loaded it at start; restart it to load "
                   f"{name!r}: tritonctl stop --url {record.url} && tritonctl serve --repo {repo} --detach")
+
+
+# ---------------------------------------------------------------- deploy
+
+deploy_app = typer.Typer(help="Size a Triton fleet from a benchmark and write its Kubernetes manifests.",
+                         no_args_is_help=True)
+app.add_typer(deploy_app, name="deploy")
+
+
+@deploy_app.command("plan")
+@command
+def deploy_plan(
+    summary: Path = typer.Option(..., help="a benchmark's summary.json (`tritonctl benchmark` writes it)"),
+    streams: int = typer.Option(..., help="camera streams to serve"),
+    fps: float = typer.Option(..., help="frames per second of each stream"),
+    latency_budget_ms: float | None = typer.Option(None, help="p95 latency budget (default: the benchmark's own, else none)"),
+    headroom: float = typer.Option(0.2, help="spare capacity on top of the demand (0.2 = 20 %)"),
+    gpus_per_replica: int = typer.Option(1, help="GPUs each replica has (as the benchmarked server had)"),
+    as_json: bool = typer.Option(False, "--json", help="print the plan as JSON for scripts"),
+) -> None:
+    """Replicas (and GPUs) a load needs: streams x fps x (1 + headroom) over the best measured infer/s within the
+    p95 budget. Arithmetic on the benchmark's measurements only."""
+    from tritonctl import deploy
+
+    rows, measured_budget = deploy.load_summary(summary)
+    budget = latency_budget_ms if latency_budget_ms is not None else measured_budget
+    plan = deploy.size(rows, streams=streams, fps=fps, budget_ms=budget, headroom=headroom,
+                       gpus_per_replica=gpus_per_replica)
+    if as_json:
+        print(json.dumps(plan.to_dict(), indent=2))
+        return
+    _show_plan(plan)
+
+
+def _show_plan(plan: Any) -> None:
+    from rich.table import Table
+
+    budget = f"p95 ≤ {plan.budget_ms:g} ms" if plan.budget_ms is not None else "no latency budget"
+    table = Table("demand", "capacity per replica", "replicas", "GPUs", "utilisation", "headroom",
+                  title=f"deploy plan ({budget})")
+    table.add_row(f"{plan.demand:,.0f} frames/s\n{plan.streams} x {plan.fps:g} fps",
+                  f"{plan.capacity:,.1f} infer/s\nbatch {plan.batch}, concurrency {plan.concurrency}, p95 {plan.p95_ms:.2f} ms",
+                  str(plan.replicas), str(plan.gpus), f"{plan.utilisation:.0%}",
+                  f"{plan.spare:.0%} (asked {plan.headroom:.0%})")
+    out.print(table)
+    out.print(f"tritonctl deploy k8s --replicas {plan.replicas} --gpus-per-replica {plan.gpus_per_replica} …",
+              markup=False, highlight=False)
+
+
+@deploy_app.command("k8s")
+@command
+def deploy_k8s(
+    name: str = typer.Option(..., help="names the Deployment, Services, autoscaler (lowercase, digits, '-')"),
+    model_repository: str = typer.Option(..., help="s3://BUCKET/PATH, gs://BUCKET/PATH, pvc:CLAIM or nfs:SERVER:/PATH"),
+    replicas: int = typer.Option(..., help="replicas (the autoscaler's minimum; see `tritonctl deploy plan`)"),
+    gpus_per_replica: int = typer.Option(1, help="nvidia.com/gpu requested and limited per pod"),
+    out_dir: Path = typer.Option(Path("deploy"), "--out", help="folder for the manifests"),
+    image: str = typer.Option("", help="Triton image (default: the NGC image `serve --runtime docker` pins)"),
+    namespace: str | None = typer.Option(None, help="namespace written into every object (default: kubectl's)"),
+    max_replicas: int | None = typer.Option(None, help="the autoscaler's maximum (default: twice --replicas)"),
+    target_queue_ms: float = typer.Option(10.0, help="autoscale above this average queue time per request"),
+    cpu: str = typer.Option("4", help="CPU request and limit per pod"),
+    memory: str = typer.Option("16Gi", help="memory request and limit per pod"),
+    model_control_mode: str = typer.Option("none", help="Triton's --model-control-mode: none, poll or explicit"),
+    exit_timeout_s: int = typer.Option(30, help="Triton's --exit-timeout-secs (the pod's grace period is 15 s more)"),
+    startup_timeout_s: int = typer.Option(600, help="seconds the startup probe allows for loading the models"),
+    credentials_secret: str | None = typer.Option(None, help="a Secret whose keys become env (AWS_*, GOOGLE_*)"),
+    helm_values: bool = typer.Option(False, "--helm-values", help="write values.yaml for NVIDIA's chart instead"),
+    force: bool = typer.Option(False, "--force", help="write into --out even if it holds files tritonctl did not write"),
+) -> None:
+    """Kubernetes manifests for Triton replicas: Deployment, Service, headless Service, autoscaler on queue time,
+    Prometheus adapter rule, PodMonitor; or a values.yaml for NVIDIA's Helm chart."""
+    from tritonctl import deploy
+    from tritonctl.server import DEFAULT_IMAGE
+
+    s = deploy.K8sSettings.create(
+        name=name, image=image or DEFAULT_IMAGE, model_repository=model_repository, replicas=replicas,
+        gpus_per_replica=gpus_per_replica, namespace=namespace, max_replicas=max_replicas, cpu=cpu, memory=memory,
+        model_control_mode=model_control_mode, exit_timeout_s=exit_timeout_s, startup_timeout_s=startup_timeout_s,
+        target_queue_ms=target_queue_ms, credentials_secret=credentials_secret)
+    written = deploy.write_out(out_dir, deploy.render(s, helm_values), force)
+    out.print("wrote " + ", ".join(str(p) for p in written), markup=False, highlight=False, soft_wrap=True)
+    how = f"helm install {name} <NVIDIA's chart> -f {written[0]}" if helm_values else f"kubectl apply -f {out_dir}"
+    out.print(f"apply with: {how}", markup=False, highlight=False, soft_wrap=True)
 
 
 def main(args: list[str] | None = None) -> None:

@@ -231,6 +231,11 @@ def _model_info(model: str, meta: dict[str, Any], config: dict[str, Any]) -> Mod
 # ---------------------------------------------------------------- endpoints
 
 
+# Generations are unique across all upstreams: an address that leaves the pool and joins it again is a new upstream
+# whose generation no slot has registered its regions under (the pod behind it may be a new one).
+_generations = itertools.count(1)
+
+
 @dataclass
 class Upstream:
     """One endpoint as the pool sees it: requests in flight, back-off after a failure."""
@@ -239,8 +244,9 @@ class Upstream:
     outstanding: int = 0
     down_until: float = 0.0
     failures: int = 0
-    generation: int = 0  # bumped each time it goes down: shared memory must be registered again
+    generation: int = field(default_factory=lambda: next(_generations))  # new when it goes down: register again
     requests: int = 0
+    draining: bool = False  # leaving the pool (discovery lost it): no new request, those in flight finish
 
     @property
     def url(self) -> str:
@@ -252,16 +258,52 @@ class Upstream:
 
     @property
     def healthy(self) -> bool:
-        return time.monotonic() >= self.down_until
+        return not self.draining and time.monotonic() >= self.down_until
 
 
 class EndpointPool:
-    """Spreads requests over healthy endpoints by least outstanding requests; a failed endpoint sits out a back-off."""
+    """Spreads requests over healthy endpoints by least outstanding requests; a failed endpoint sits out a back-off.
+
+    Endpoints can join (`add`) and leave (`drain`) while requests go on (--discover). `endpoints` is replaced, never
+    changed in place, so a reader iterating it (statistics, the summary) needs no lock; `version` changes with every
+    membership change, so each inference slot knows when to release what it holds for endpoints that left."""
 
     def __init__(self, endpoints: list[Endpoint], backoff_s: float = 0.5, max_backoff_s: float = 5.0) -> None:
         self.endpoints = [Upstream(e) for e in endpoints]
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
         self._lock = threading.Lock()
+        self.version = 0
+
+    def add(self, endpoint: Endpoint) -> bool:
+        """A new endpoint (False: already in the pool and not leaving)."""
+        with self._lock:
+            if any(u.endpoint == endpoint and not u.draining for u in self.endpoints):
+                return False
+            # It starts level with the least used one: `requests` breaks ties, and a newcomer at 0 would take every
+            # tie until it caught up with endpoints that served since the start.
+            level = min((u.requests for u in self.endpoints if not u.draining), default=0)
+            self.endpoints = [*self.endpoints, Upstream(endpoint, requests=level)]
+            self.version += 1
+            return True
+
+    def drain(self, endpoint: Endpoint) -> bool:
+        """No new request for `endpoint`; it leaves once those in flight are released (False: not in the pool)."""
+        with self._lock:
+            leaving = [u for u in self.endpoints if u.endpoint == endpoint and not u.draining]
+            for u in leaving:
+                u.draining = True
+            self._drop_drained()
+            return bool(leaving)
+
+    def _drop_drained(self) -> None:
+        kept = [u for u in self.endpoints if not (u.draining and u.outstanding == 0)]
+        if len(kept) != len(self.endpoints):
+            self.endpoints = kept
+            self.version += 1
+
+    def urls(self) -> set[str]:
+        """Endpoints still taking requests: what a slot keeps connections and registrations for."""
+        return {u.url for u in self.endpoints if not u.draining}
 
     def acquire(self) -> Upstream | None:
         with self._lock:
@@ -276,6 +318,9 @@ class EndpointPool:
     def release(self, ep: Upstream, ok: bool) -> None:
         with self._lock:
             ep.outstanding -= 1
+            if ep.draining:  # leaving: its last request gone, it goes too (a failure needs no back-off now)
+                self._drop_drained()
+                return
             if ok:
                 ep.failures = 0
                 return
@@ -286,7 +331,9 @@ class EndpointPool:
 
     def next_retry_s(self) -> float:
         with self._lock:
-            return max(0.0, min(e.down_until for e in self.endpoints) - time.monotonic())
+            # No endpoint at all (every discovered one left): wait as for one in back-off, for the next lookup.
+            return max(0.0, min((e.down_until for e in self.endpoints), default=time.monotonic() + self.backoff_s)
+                       - time.monotonic())
 
 
 # ---------------------------------------------------------------- inference slots
@@ -547,6 +594,23 @@ class InferSlot:
                 close_client(client, ep.url)
             raise
 
+    def forget_others(self, keep: set[str]) -> list[str]:
+        """Release what this slot holds for endpoints that left the pool (not in `keep`): unregister its regions there,
+        close the connections. Called by the thread that uses the slot (tritonclient's HTTP client is gevent's, bound
+        to it). A server that is gone took its registrations with it: that is no problem to report."""
+        problems: list[str] = []
+        for url in [u for u in {*self._clients, *self._fast} if u not in keep]:
+            client = self._clients.pop(url, None)
+            if client is not None and self._registered.pop(url, None) is not None:
+                problems += _unregister(client, url, self._regions(), gone_ok=True)
+            if client is not None:
+                close_client(client, url)  # a server already gone cannot be closed cleanly: nothing to report
+            if (fast := self._fast.pop(url, None)) is not None:
+                fast.close()
+            self._wire_only.discard(url)
+        self.problems += problems
+        return problems
+
     def close(self) -> list[str]:
         """Unregister and destroy the regions, close the clients; returns the problems met (for the summary)."""
         problems = list(self.problems)
@@ -576,12 +640,16 @@ def _register(client: Any, url: str, region: _Shm) -> None:
             client.register_system_shared_memory(region.name, region.key, region.size)
 
 
-def _unregister(client: Any, url: str, regions: list[_Shm]) -> list[str]:
+def _unregister(client: Any, url: str, regions: list[_Shm], gone_ok: bool = False) -> list[str]:
+    """`gone_ok`: a server that cannot be reached is no problem (it left the pool; its registrations went with it)."""
     problems = []
     for region in regions:
         try:
             with triton_call(url, f"unregister {region.name}"):
                 client.unregister_system_shared_memory(region.name)
+        except TransientError as exc:
+            if not gone_ok:
+                problems.append(f"unregister {region.name} on {url}: {exc}")
         except TritonctlError as exc:
             problems.append(f"unregister {region.name} on {url}: {exc}")
     return problems

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tritonctl.client import ModelInfo, fetch_model_info
+from tritonctl.discovery import DiscoverTarget, first_endpoints, parse_discover
 from tritonctl.endpoint import Endpoint, parse_endpoints
 from tritonctl.errors import BadInput, ServerError
 from tritonctl.postprocess import PostSettings
@@ -73,11 +74,19 @@ class DetectSettings:
     sink_policy: str = "drop-oldest"
     pipeline: Pipeline | None = None  # the pipeline file this run came from (reloaded on SIGHUP or a change)
     overrides: dict[str, Any] = field(default_factory=dict)  # the flags given over the file (a reload applies them too)
+    discover: DiscoverTarget | None = None  # --discover: the addresses of a name join --url's, kept up to date
 
     @classmethod
     def create(cls, *, sources: list[str], urls: list[str], batch: int | None = None,
-               view: str | tuple[str, int] | None = None, **kw: Any) -> DetectSettings:
-        endpoints = parse_endpoints(urls, kw.get("protocol", "http"))
+               view: str | tuple[str, int] | None = None, discover: str | DiscoverTarget | None = None,
+               discover_dns: str | None = None, discover_interval_s: float | None = None, **kw: Any) -> DetectSettings:
+        if isinstance(discover, str):
+            discover = parse_discover(discover, kw.get("protocol", "http"), discover_dns, discover_interval_s)
+        elif discover is None and (discover_dns or discover_interval_s is not None):
+            raise BadInput("--discover-dns and --discover-interval go with --discover NAME:PORT")
+        # With --discover, no --url means no fixed endpoint (not this host's default): the name's addresses only.
+        endpoints = parse_endpoints(urls, kw.get("protocol", "http")) if urls or discover is None else []
+        kw["discover"] = discover
         specs = parse_sources(sources)
         if isinstance(view, str):
             from tritonctl.view import parse_view_address
@@ -191,7 +200,7 @@ def settings_from_pipeline(pipeline: Pipeline, sources: list[str], flags: dict[s
         "post": PostSettings(**post_flags), "pipeline": pipeline, "overrides": given,
     }
     kw.update({k: given[k] for k in ("realtime", "output", "show", "server_timeout_s", "track", "sink_outbox",
-                                     "sink_policy") if k in given})
+                                     "sink_policy", "discover", "discover_dns", "discover_interval_s") if k in given})
     kw["sinks"] = tuple(given.get("sinks") or run.sinks)
     urls = given.get("urls") or list(pipeline.urls)
     settings = DetectSettings.create(sources=[src.uri for src in pipeline.sources] + list(sources), urls=urls, **kw)
@@ -315,9 +324,12 @@ def _check_writable(flag: str, path: Path) -> None:
 
 
 def check_server(settings: DetectSettings) -> ModelInfo:
-    """The model's signature from the first endpoint that answers."""
+    """The model's signature from the first endpoint that answers (--url's, then the name's addresses)."""
     errors = []
-    for endpoint in settings.endpoints:
+    endpoints = list(settings.endpoints)
+    if settings.discover is not None:
+        endpoints += [e for e in first_endpoints(settings.discover) if e not in endpoints]
+    for endpoint in endpoints:
         try:
             return fetch_model_info(settings.protocol, endpoint, settings.model)
         except ServerError as exc:
@@ -479,6 +491,8 @@ def execute(settings: DetectSettings, progress: Any = None) -> DetectOutcome:
     summary = summarize(run, signal.Signals(interrupted[0]).name if interrupted else None)
     if run.brokers:
         summary.extra["sinks"] = [b.stats() for b in run.brokers]
+    if run.discovery is not None:
+        summary.extra["discovery"] = run.discovery.report()
     if reloader is not None:
         summary.extra["reloads"] = reloader.reloads
     if settings.summary_json is not None:

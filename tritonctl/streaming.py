@@ -21,6 +21,7 @@ import numpy as np
 
 from tritonctl.client import EndpointPool, InferSlot, ModelInfo, TransientError, server_stats
 from tritonctl.detections import Detections
+from tritonctl.discovery import Discovery
 from tritonctl.errors import BadInput, ServerError, TritonctlError
 from tritonctl.metrics import LatencyHistogram
 from tritonctl.postprocess import PostSettings, decode_one
@@ -233,6 +234,7 @@ class Worker(threading.Thread):
             self.slot.close()
             raise
         self.error: BaseException | None = None
+        self._pool_version = run.pool.version
 
     def run(self) -> None:
         r = self.run_
@@ -301,6 +303,9 @@ class Worker(threading.Thread):
         down_since: float | None = None
         last_error = ""
         while not r.stop.is_set():
+            if r.pool.version != self._pool_version:  # endpoints left (--discover): release what the slot held there
+                self._pool_version = r.pool.version
+                self.slot.forget_others(r.pool.urls())
             ep = r.pool.acquire()
             if ep is not None:
                 ok = False
@@ -359,6 +364,11 @@ class Detection:
         live = any(spec.live for spec in settings.sources)
         self.concurrency = settings.concurrency or (LIVE_CONCURRENCY if live else max(2, min(8, max_batch // 2)))
         self.pool = EndpointPool(settings.endpoints)
+        self.discovery: Discovery | None = None
+        if settings.discover is not None:  # first lookup now: the workers decide on shared memory from the endpoints
+            self.discovery = Discovery(settings.discover, self.pool, on_problem=self.stats.problem,
+                                       local_only=settings.shm == "system")
+            self.discovery.first()
         # Two batches per worker: each can hold one while the next waits for an older one to be emitted.
         self.dispatcher = Dispatcher(window=2 * self.concurrency * self.batch, batch_timeout_s=settings.batch_timeout_s)
         self.sources: dict[int, SourceRun] = {}
@@ -554,6 +564,8 @@ class Detection:
                     src.added_at = time.perf_counter()  # a source's clock starts with its reader
                 for t in [*self.readers, *workers]:
                     t.start()
+                if self.discovery is not None:
+                    self.discovery.start()
                 self.started.set()
             for w in workers:
                 while w.is_alive():
@@ -571,6 +583,8 @@ class Detection:
     def _finish(self, workers: list[Worker], readers_timeout_s: float = 5.0) -> None:
         with self._sources_lock:  # no source added or removed from here on (add/remove see `stop`)
             self.request_stop()
+        if self.discovery is not None:  # the endpoints stay as they are while the last requests finish
+            self.discovery.close()
         for w in workers:
             if w.is_alive():
                 w.join()

@@ -22,6 +22,7 @@ import numpy as np
 
 from tritonctl.client import EndpointPool, InferSlot, ModelInfo, TransientError, fetch_model_info, server_status
 from tritonctl.datasets import Dataset, Sample, load_dataset
+from tritonctl.discovery import DiscoverTarget, Discovery, first_endpoints, parse_discover
 from tritonctl.endpoint import Endpoint, parse_endpoints
 from tritonctl.errors import BadInput, ServerError, ToleranceExceeded, ToolMissing
 from tritonctl.postprocess import PostSettings, decode
@@ -47,10 +48,18 @@ class ValSettings:
     batch: int | None = None
     concurrency: int = 4
     server_timeout_s: float = 30.0
+    discover: DiscoverTarget | None = None  # --discover: the addresses of a name join --url's, kept up to date
 
     @classmethod
-    def create(cls, *, model: str, data: Path, urls: list[str], out_dir: Path | None = None, **kw: Any) -> ValSettings:
-        endpoints = parse_endpoints(urls, kw.get("protocol", "http"))
+    def create(cls, *, model: str, data: Path, urls: list[str], out_dir: Path | None = None, discover: str | None = None,
+               discover_dns: str | None = None, discover_interval_s: float | None = None, **kw: Any) -> ValSettings:
+        protocol = kw.get("protocol", "http")
+        if discover:
+            kw["discover"] = parse_discover(discover, protocol, discover_dns, discover_interval_s)
+        elif discover_dns or discover_interval_s is not None:
+            raise BadInput("--discover-dns and --discover-interval go with --discover NAME:PORT")
+        # With --discover, no --url means no fixed endpoint (not this host's default): the name's addresses only.
+        endpoints = parse_endpoints(urls, protocol) if urls or not discover else []
         out = out_dir or Path("reports") / f"val-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
         s = cls(model=model, data=data, endpoints=endpoints, out_dir=out, **kw)
         s._check()
@@ -152,9 +161,29 @@ class _Inference:
         self._next = 0
         self._lock = threading.Lock()
         self._errors: list[BaseException] = []
+        self._seen: dict[int, int] = {}  # per slot, the pool version it last released departed endpoints at
+        self.problems: list[str] = []
+        self.discovery: Discovery | None = None
+        if s.discover is not None:  # first lookup now: shared memory is decided from the endpoints found
+            self.discovery = Discovery(s.discover, self.pool, on_problem=self._problem, local_only=s.shm == "system")
+            self.discovery.first()
+
+    def _problem(self, text: str) -> None:
+        with self._lock:
+            if text not in self.problems:
+                self.problems.append(text)
 
     def run(self) -> None:
-        use_shm = self.s.shm == "system" or (self.s.shm == "auto" and any(e.local for e in self.s.endpoints))
+        if self.discovery is not None:
+            self.discovery.start()
+        try:
+            self._run()
+        finally:
+            if self.discovery is not None:
+                self.discovery.close()
+
+    def _run(self) -> None:
+        use_shm = self.s.shm == "system" or (self.s.shm == "auto" and any(e.local for e in self.pool.endpoints))
         slots: list[InferSlot] = []
         try:
             for _ in range(min(self.s.concurrency, -(-len(self.samples) // self.batch))):
@@ -219,6 +248,9 @@ class _Inference:
         down_since: float | None = None
         last = ""
         while True:
+            if self._seen.get(id(slot), 0) != self.pool.version:  # endpoints left (--discover): release them here
+                self._seen[id(slot)] = self.pool.version
+                slot.forget_others(self.pool.urls())
             ep = self.pool.acquire()
             if ep is not None:
                 ok = False
@@ -448,8 +480,15 @@ def _class_map(info: ModelInfo, ds: Dataset) -> tuple[dict[int, int], str]:
     return {i: i for i in ds.names}, "index"
 
 
-def _server_versions(s: ValSettings) -> dict[str, str]:
-    status = server_status(s.endpoints[0])
+def _first_endpoint(s: ValSettings) -> Endpoint:
+    """The endpoint asked about the model: the first --url, else the first address --discover's name has now."""
+    if s.endpoints or s.discover is None:
+        return s.endpoints[0]
+    return first_endpoints(s.discover)[0]
+
+
+def _server_versions(s: ValSettings, endpoint: Endpoint) -> dict[str, str]:
+    status = server_status(endpoint)
     version = next((m.version for m in status.models if m.name == s.model and m.state == "READY"), "")
     return {"url": status.url, "triton": status.version, "model": s.model, "model_version": version}
 
@@ -458,9 +497,10 @@ def run_val(s: ValSettings, progress: Any = None) -> ValResult:
     """Check the data and the model, infer every image through the server, evaluate, compare, write the files."""
     ds = load_dataset(s.data, s.split, s.images)
     samples = ds.samples[: s.max_images] if s.max_images else ds.samples
-    info = fetch_model_info(s.protocol, s.endpoints[0], s.model)
+    endpoint = _first_endpoint(s)
+    info = fetch_model_info(s.protocol, endpoint, s.model)
     class_map, how = _class_map(info, ds)
-    server = _server_versions(s)
+    server = _server_versions(s, endpoint)
     inference = _Inference(s, info, samples)
     t0 = time.perf_counter()
     with _progress(inference, progress):
@@ -474,6 +514,8 @@ def run_val(s: ValSettings, progress: Any = None) -> ValResult:
     reference = reference_val(s, ds, gt, paths, info.height) if s.reference is not None and paths else None
     result = ValResult(s.model, served, reference, len(sizes), len(gt["annotations"]), sorted(inference.failed), seconds,
                        how, _settings_dict(s, ds, info, inference.batch), server)
+    if inference.discovery is not None:
+        result.settings["discovery"] = {**inference.discovery.report(), "problems": inference.problems}
     result.confusion = confusion_matrix(gt, preds, ds.category_ids).tolist()
     write_outputs(s, result, preds, ev, ds.names)  # sets result.files, which val.json lists
     return result
@@ -486,6 +528,7 @@ def _settings_dict(s: ValSettings, ds: Dataset, info: ModelInfo, batch: int) -> 
             "imgsz": [info.height, info.width], "conf": s.post.conf, "iou": s.post.iou, "max_det": s.post.max_det,
             "batch": batch, "concurrency": s.concurrency, "protocol": s.protocol, "shm": s.shm,
             "urls": [e.url for e in s.endpoints], "reference": str(s.reference) if s.reference else None,
+            "discover": str(s.discover) if s.discover else None,
             "max_drop": s.max_drop, "evaluator": f"pycocotools {version('pycocotools')} COCOeval bbox, "
                                                  f"maxDets [1, 10, {s.post.max_det}], area all"}
 
