@@ -154,10 +154,9 @@ def _validate(s: DetectSettings) -> None:
         if s.sink_policy not in events.POLICIES or s.sink_outbox < 1:
             raise BadInput(f"--sink-policy {s.sink_policy}: choose {', '.join(events.POLICIES)}; --sink-outbox at least 1")
     if s.track is not None:
-        from tritonctl.tracking import TRACKERS
+        from tritonctl.tracking import make_tracker
 
-        if s.track not in TRACKERS:
-            raise BadInput(f"--track {s.track}: unknown tracker, choose one of {', '.join(TRACKERS)}")
+        make_tracker(s.track, 30.0)  # an unknown name, or the library missing, is said now, before any file opens
     if s.shm == "system" and not all(e.local for e in s.endpoints):
         raise BadInput("--shm system needs the server on this host (127.0.0.1/localhost): use --shm none for remote ones")
 

@@ -342,6 +342,7 @@ class SourceRun:
     sinks: list[Sink] = field(default_factory=list)
     state: str = "running"  # running; then ended (its end), failed (gave up), stopped (the run was), removed
     geometry: SourceGeometry | None = None  # its zones and lines, counted in frame order
+    geometry_totals: dict[str, Any] | None = None  # their totals after the last frame (read by the live view)
     added_at: float = field(default_factory=time.perf_counter)
     removed_at: float = 0.0
 
@@ -433,6 +434,8 @@ class Detection:
         self.stop.set()
         for src in list(self.sources.values()):
             src.halt.set()
+        for broker in self.brokers:  # a `block` outbox must not hold a worker while its broker is down
+            broker.stop_waiting()
         self.dispatcher.wake()
 
     def count(self, name: str) -> None:
@@ -454,11 +457,12 @@ class Detection:
                     self.stats.count_interrupted(ready.frame.source)
                     continue
                 src = self.sources.get(ready.frame.source)
-                if self.settings.track is not None:
-                    self._track(ready)
-                if src is not None and src.geometry is not None:
-                    ready.geometry = src.geometry.update(ready.detections, ready.frame.index)
                 try:
+                    if self.settings.track is not None:
+                        self._track(ready)
+                    if src is not None and src.geometry is not None:
+                        ready.geometry = src.geometry.update(ready.detections, ready.frame.index)
+                        src.geometry_totals = src.geometry.totals(self.info.names)
                     for sink in [*self.sinks, *(src.sinks if src is not None and src.state != "removed" else [])]:
                         sink.write(ready, self.info)
                 finally:  # inferred, whether or not a sink could take it (a failing sink ends the run, said so)
@@ -472,8 +476,8 @@ class Detection:
         src = self.sources.get(source)
         if src is None or src.geometry is None:
             return None
-        with self._emit_lock:
-            return src.geometry.totals(self.info.names)
+        # The emitter's copy after each frame: the view never waits on the emit lock (held while videos encode).
+        return src.geometry_totals if src.geometry_totals is not None else src.geometry.totals(self.info.names)
 
     def _track(self, result: Result) -> None:
         """Track ids for this frame, in frame order per source (emit's order): one tracker per source."""
@@ -483,9 +487,16 @@ class Detection:
         tracker = self.trackers.get(sid)
         if tracker is None:
             assert self.settings.track is not None
-            fps = self.sources[sid].reader.stats.fps if sid in self.sources else 0.0
-            tracker = self.trackers[sid] = make_tracker(self.settings.track, fps or 30.0)
-        result.detections = tracker.update(result.detections, frame=result.frame.index)
+            src = self.sources.get(sid)
+            fps = src.reader.stats.fps if src is not None else 0.0
+            # A stream's guessed rate can be its 90 kHz timebase: only a plausible rate is believed. The tracker sees
+            # every vid_stride-th frame, so its motion model runs at the rate it is fed.
+            fps = fps if 1.0 <= fps <= 120.0 else 30.0
+            stride = src.options.vid_stride if src is not None else 1
+            tracker = self.trackers[sid] = make_tracker(self.settings.track, fps / stride)
+        # Timestamps let the motion model span frames a live camera dropped; image sources have none (all 0).
+        ts = result.frame.timestamp if result.frame.path is None else None
+        result.detections = tracker.update(result.detections, timestamp=ts, frame=result.frame.index)
         result.ended_tracks = tracker.ended()
         self.track_ids.setdefault(sid, set()).update(result.detections.track_ids.tolist()
                                                      if result.detections.track_ids is not None else [])
