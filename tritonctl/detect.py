@@ -507,39 +507,20 @@ def write_summary_json(summary: RunSummary, path: Path) -> None:
     os.replace(tmp, path)
 
 
-class _live_progress:
-    """A Rich progress bar per source (files: out of their frame count; live: a running count), on a terminal only."""
+def _live_progress(run: Detection, console: Any) -> Any:
+    """A bar per source (files: out of their frame count; live: a running count), sources a reload adds included."""
+    from tritonctl.ui import LiveBars
 
-    def __init__(self, run: Detection, console: Any) -> None:
-        self.run, self.console = run, console
-        self.progress: Any = None
-        self._stop = threading.Event()
+    tasks: dict[int, Any] = {}
 
-    def __enter__(self) -> _live_progress:
-        if self.console is None or not self.console.is_terminal:
-            return self
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    def refresh(bars: Any, elapsed: float) -> None:
+        for sid, src in list(run.sources.items()):
+            if sid not in tasks:
+                tasks[sid] = bars.add_task(src.spec.uri[-40:], total=src.reader.stats.total, rate="")
+            done = run.stats.inferred.get(sid, 0)
+            bars.update(tasks[sid], completed=done, rate=f"{done / elapsed:.1f} fps")
 
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[fps]}"), TimeElapsedColumn(), console=self.console, transient=True)
-        self.tasks: dict[int, Any] = {}
-        self.progress.start()
-        threading.Thread(target=self._update, daemon=True).start()
-        return self
-
-    def _update(self) -> None:
-        t0 = time.perf_counter()
-        while not self._stop.wait(0.25):
-            for sid, src in list(self.run.sources.items()):  # sources a reload added get their bar here
-                if sid not in self.tasks:
-                    self.tasks[sid] = self.progress.add_task(src.spec.uri[-40:], total=src.reader.stats.total, fps="")
-                done = self.run.stats.inferred.get(sid, 0)
-                self.progress.update(self.tasks[sid], completed=done, fps=f"{done / (time.perf_counter() - t0):.1f} fps")
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        if self.progress is not None:
-            self.progress.stop()
+    return LiveBars(console, refresh)
 
 
 # ---------------------------------------------------------------- the live view

@@ -450,26 +450,32 @@ class Detection:
         """Results arrive out of order from the workers; sinks see them in sequence."""
         with self._emit_lock:
             self._pending[item.seq] = item
-            while self._next_seq in self._pending:
-                ready = self._pending.pop(self._next_seq)
-                self._next_seq += 1
-                if isinstance(ready, Unfinished):
-                    self.stats.count_interrupted(ready.frame.source)
-                    continue
-                src = self.sources.get(ready.frame.source)
-                try:
-                    if self.settings.track is not None:
-                        self._track(ready)
-                    if src is not None and src.geometry is not None:
-                        ready.geometry = src.geometry.update(ready.detections, ready.frame.index)
-                        src.geometry_totals = src.geometry.totals(self.info.names)
-                    for sink in [*self.sinks, *(src.sinks if src is not None and src.state != "removed" else [])]:
-                        sink.write(ready, self.info)
-                finally:  # inferred, whether or not a sink could take it (a failing sink ends the run, said so)
-                    ready.timings["end_to_end"] = time.perf_counter() - ready.frame.read_at  # decoded -> written
-                    self.stats.add(ready)
-                    self.dispatcher.advance(self._next_seq)
-            self.dispatcher.advance(self._next_seq)
+            try:
+                while self._next_seq in self._pending:
+                    ready = self._pending.pop(self._next_seq)
+                    self._next_seq += 1
+                    if isinstance(ready, Unfinished):
+                        self.stats.count_interrupted(ready.frame.source)
+                    else:
+                        self._write(ready)
+            finally:  # once per call, also when a sink failed: the window moves on
+                self.dispatcher.advance(self._next_seq)
+
+    def _write(self, ready: Result) -> None:
+        """Tracks, zones, then every sink of the frame; counted inferred whether or not a sink could take it (a
+        failing sink ends the run, said so)."""
+        src = self.sources.get(ready.frame.source)
+        try:
+            if self.settings.track is not None:
+                self._track(ready)
+            if src is not None and src.geometry is not None:
+                ready.geometry = src.geometry.update(ready.detections, ready.frame.index)
+                src.geometry_totals = src.geometry.totals(self.info.names)
+            for sink in [*self.sinks, *(src.sinks if src is not None and src.state != "removed" else [])]:
+                sink.write(ready, self.info)
+        finally:
+            ready.timings["end_to_end"] = time.perf_counter() - ready.frame.read_at  # decoded -> written
+            self.stats.add(ready)
 
     def geometry_totals(self, source: int) -> dict[str, Any] | None:
         """A source's zone and line counts so far, read between two frames (the view's thread asks)."""

@@ -637,36 +637,19 @@ def confusion_png(matrix: np.ndarray, names: dict[int, str], path: Path) -> Path
     return path
 
 
-class _progress:
-    """One Rich progress line (images done, images/s) on a terminal only."""
+def _progress(inference: _Inference, console: Any) -> Any:
+    """One bar: images done, images/s."""
+    from tritonctl.ui import LiveBars
 
-    def __init__(self, inference: _Inference, console: Any) -> None:
-        self.inference, self.console = inference, console
-        self._stop = threading.Event()
-        self.bar: Any = None
+    tasks: list[Any] = []
 
-    def __enter__(self) -> _progress:
-        if self.console is None or not self.console.is_terminal:
-            return self
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    def refresh(bars: Any, elapsed: float) -> None:
+        if not tasks:
+            tasks.append(bars.add_task("val", total=len(inference.samples), rate=""))
+        done = inference.done
+        bars.update(tasks[0], completed=done, rate=f"{done / elapsed:.1f} images/s")
 
-        self.bar = Progress(TextColumn("val"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                            TimeElapsedColumn(), console=self.console, transient=True)
-        self.task = self.bar.add_task("val", total=len(self.inference.samples), rate="")
-        self.bar.start()
-        threading.Thread(target=self._update, daemon=True).start()
-        return self
-
-    def _update(self) -> None:
-        t0 = time.perf_counter()
-        while not self._stop.wait(0.25):
-            done = self.inference.done
-            self.bar.update(self.task, completed=done, rate=f"{done / (time.perf_counter() - t0):.1f} images/s")
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        if self.bar is not None:
-            self.bar.stop()
+    return LiveBars(console, refresh)
 
 
 # ---------------------------------------------------------------- rendering
