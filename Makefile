@@ -8,7 +8,7 @@ STAMP := $(VENV)/.setup-stamp
 PIP := -m pip install -q --disable-pip-version-check
 LOCK := requirements.lock
 
-.PHONY: setup demo test test-fast lint lock clean
+.PHONY: setup demo test test-fast lint lock clean wheel
 
 setup: $(STAMP)
 
@@ -46,6 +46,11 @@ lock:
 	{ echo "# requirements.lock: every package of \`make setup\` (extras export, local, events, dev), pinned. Refresh: make lock"; \
 	  build/lock-venv/bin/python -m pip freeze --exclude tritonctl; } > $(LOCK).tmp
 	mv $(LOCK).tmp $(LOCK) && rm -rf build/lock-venv
+
+# A wheel to install elsewhere (tritonctl is not on PyPI yet): pip install 'dist/tritonctl-<version>-py3-none-any.whl[local]'
+DIST ?= dist
+wheel:
+	$(PYTHON) -m pip wheel -q --no-deps --disable-pip-version-check -w $(DIST) .
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -18,6 +18,7 @@ from tritonclient.utils import InferenceServerException
 from tritonclient.utils.shared_memory import SharedMemoryException
 
 from tritonctl.client import (
+    REGION_PREFIX,
     InferSlot,
     ModelInfo,
     RegionLost,
@@ -94,7 +95,7 @@ def _upstream(url: str) -> Upstream:
 
 
 def _regions_on_disk() -> set[str]:
-    return {p.name for p in Path("/dev/shm").glob(f"tritonctl_{os.getpid()}_*")}
+    return {p.name for p in Path("/dev/shm").glob(f"{REGION_PREFIX}{os.getpid()}_*")}
 
 
 def _info(triton: Triton, protocol: str = "http") -> tuple[ModelInfo, str]:
@@ -188,6 +189,85 @@ def test_a_server_that_cannot_map_our_memory_gets_tensors_over_the_network(trito
     finally:
         required.close()
     assert _regions_on_disk() == set()
+
+
+def test_regions_are_named_apart_from_the_servers() -> None:
+    """A local server's clean-up removes `tritonctl-srv-<id>_…` (and the `tritonctl_<16 hex>_…` of servers started
+    before the split): never a client's region."""
+    from tritonctl.server import region_server
+
+    slot_names = [f"{REGION_PREFIX}{os.getpid()}_in0", f"{REGION_PREFIX}4194304_out17", "tritonctl_4194304_in0"]
+    assert [region_server(n) for n in slot_names] == [None, None, None]
+    assert region_server("tritonctl-srv-0123456789abcdef_1_0") == "0123456789abcdef"
+    assert region_server("tritonctl_0123456789abcdef_1_0") == "0123456789abcdef"
+
+
+@server
+def test_a_region_removed_by_another_process_is_named_not_blamed_on_the_server(triton: Triton) -> None:
+    """Our region gone from /dev/shm, then the server forgetting it (a restart): registering it again fails. That was
+    reported as the server refusing shared memory; the cause is the other process, and the run goes on over the
+    network."""
+    import tritonclient.http as http
+
+    info, url = _info(triton)
+    slot = InferSlot(info, 1, "http", use_shm=True)
+    ep = _upstream(url)
+    try:
+        slot.inputs[:] = 0.5
+        first = slot.infer(ep, 1).copy()
+        key = slot._in.key  # type: ignore[union-attr]
+        Path("/dev/shm", key.lstrip("/")).unlink()  # what a server's clean-up did to clients' regions
+        admin = http.InferenceServerClient(url)
+        admin.unregister_system_shared_memory()  # as after a restart
+        admin.close()
+        np.testing.assert_array_equal(slot.infer(ep, 1), first)
+        assert slot.bytes_sent == slot.inputs[0].nbytes  # over the network now
+        assert slot.problems == [f"shared-memory region {key} was removed by another process on this host: tensors sent "
+                                 f"to {url} over the network"]
+    finally:
+        problems = slot.close()
+    assert problems[1:] == ["shared-memory regions of this run were removed by another process on this host before "
+                            "it ended"]  # once, instead of a FileNotFoundError per region
+    assert _regions_on_disk() == set()
+
+
+@server
+def test_shm_required_names_the_removed_region(triton: Triton) -> None:
+    info, url = _info(triton)
+    slot = InferSlot(info, 1, "http", use_shm=True, shm_required=True)
+    try:
+        key = slot._in.key  # type: ignore[union-attr]
+        Path("/dev/shm", key.lstrip("/")).unlink()
+        with pytest.raises(BadInput, match=f"--shm system: shared-memory region {key} was removed by another process"):
+            slot.infer(_upstream(url), 1)
+    finally:
+        slot.close()
+
+
+@server
+def test_regions_removed_by_another_process_leave_no_warning_at_exit(triton: Triton) -> None:
+    """The run that lost its regions ended with a `destroy …: FileNotFoundError` line per region and, at exit, the
+    resource tracker's "leaked shared_memory objects" warnings: one line now, and nothing at exit."""
+    import subprocess
+
+    script = f"""
+import pathlib
+from tritonctl.client import InferSlot, Upstream, fetch_model_info
+from tritonctl.endpoint import parse_endpoint
+ep = parse_endpoint({triton.url!r})
+slots = [InferSlot(fetch_model_info("http", ep, "tiny"), 1, "http", use_shm=True) for _ in range(3)]
+for slot in slots:
+    slot.infer(Upstream(ep), 1)
+for path in pathlib.Path("/dev/shm").glob("{REGION_PREFIX}*"):
+    if path.name.startswith("{REGION_PREFIX}%d_" % __import__("os").getpid()):
+        path.unlink()
+print(sorted({{p for slot in slots for p in slot.close()}}))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['shared-memory regions of this run were removed by another process on this host " \
+                                  "before it ended']", done.stdout
+    assert done.stderr == "", done.stderr
 
 
 def _failing_after(monkeypatch: pytest.MonkeyPatch, n: int) -> None:

@@ -420,7 +420,10 @@ def test_outputs_are_distinct_files_with_usable_names(small_video: Path, tmp_pat
     (tmp_path / "folder.mp4").mkdir()
     _refused([small_video], "is a folder", output=tmp_path / "folder.mp4")
     _refused([small_video], "is a folder", json_path=tmp_path)
-    _refused([small_video], "does not exist", summary_json=tmp_path / "missing" / "s.json")
+    (tmp_path / "a_file").write_text("")
+    _refused([small_video], "is a file, not a folder", summary_json=tmp_path / "a_file" / "s.json")
+    (tmp_path / "null.mp4").symlink_to("/dev/null")
+    _refused([small_video], "is a device", output=tmp_path / "null.mp4")  # a video needs a file it can seek in
     settings = DetectSettings.create(sources=[str(small_video)] * 2, urls=[], model="m", output=tmp_path / "o.avi")
     assert [p.name for _, p in settings.output_files()] == ["o_0.avi", "o_1.avi"]
 
@@ -430,6 +433,59 @@ def test_bad_output_names_are_one_line_not_a_traceback(small_video: Path, tmp_pa
     assert_one_line_error(run_cli("detect", str(small_video), "-m", "m", "--output", str(tmp_path / "out")), 2,
                           "--output", "name a video file")
     assert_one_line_error(run_cli("detect", str(small_video), "-m", "m", "--json", str(tmp_path)), 2, "is a folder")
+
+
+def _read_fifo(path: Path, into: list[str]) -> threading.Thread:
+    def read() -> None:
+        with open(path) as f:
+            into.extend(f.read().splitlines())
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread
+
+
+@_server
+def test_json_lines_to_standard_output(triton: Triton, small_video: Path) -> None:
+    """`--json -` wrote a file called `-`; `--json /dev/stdout` renamed a file onto the device node (as root: for the
+    whole machine). Now both stream the lines, and everything else goes to standard error, so `| jq` works."""
+    dev = Path("/dev/stdout")
+    before = (dev.is_symlink(), os.readlink(dev) if dev.is_symlink() else None)
+    for target in ("-", "/dev/stdout"):
+        result = run_cli("detect", str(small_video), "-m", "tiny", "--url", triton.url, "--json", target)
+        assert result.returncode == 0, result.stderr
+        assert [json.loads(line)["frame"] for line in result.stdout.splitlines()] == list(range(6)), result.stdout
+        assert "fps" in result.stderr  # the summary, on standard error
+    assert not (ROOT / "-").exists()
+    assert (dev.is_symlink(), os.readlink(dev) if dev.is_symlink() else None) == before
+
+
+@_server
+def test_json_lines_into_a_fifo_and_a_link_to_one(triton: Triton, small_video: Path, tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(fifo)
+    for name in (fifo, link):
+        got: list[str] = []
+        reader = _read_fifo(fifo, got)
+        result = run_cli("detect", str(small_video), "-m", "tiny", "--url", triton.url, "--json", str(name))
+        reader.join(10)
+        assert result.returncode == 0, result.stderr
+        assert [json.loads(line)["frame"] for line in got] == list(range(6))
+        assert fifo.is_fifo() and link.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "in.mp4", "in.mp4.gt.json", "link.jsonl"]
+
+
+@_server
+def test_every_output_makes_its_folder(triton: Triton, small_video: Path, tmp_path: Path) -> None:
+    """`--output out/my.mp4` refused a missing folder while every other output made its own."""
+    files = [tmp_path / "v" / "deep" / "out.mp4", tmp_path / "j" / "d.jsonl", tmp_path / "s" / "s.json"]
+    result = run_cli("detect", str(small_video), "-m", "tiny", "--url", triton.url, "--output", str(files[0]),
+                     "--json", str(files[1]), "--summary-json", str(files[2]))
+    assert result.returncode == 0, result.stderr
+    assert all(f.is_file() and f.stat().st_size > 0 for f in files)
+    assert _video_frames(files[0]) == 6
 
 
 # ---------------------------------------------------------------- endpoints as users type them

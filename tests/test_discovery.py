@@ -299,7 +299,7 @@ def _regions_on(endpoint: Endpoint) -> list[str]:
 
     client = http.InferenceServerClient(endpoint.url)
     try:
-        return [r["name"] for r in client.get_system_shared_memory_status() if r["name"].startswith("tritonctl_")]
+        return [r["name"] for r in client.get_system_shared_memory_status() if r["name"].startswith("tritonctl-cli-")]
     finally:
         client.close()
 

@@ -82,6 +82,11 @@ def test_parse_sink_url(url: str, expected: SinkSpec) -> None:
     ("mqtt://h:x/t", ["port"]),
     ("redis://h:6379", ["no stream"]),
     ("mqtt://h/a/+/b", ["wildcards"]),
+    ("mqtt://h/a/#", ["wildcards"]),  # issue 18: the '#' was a URL fragment, dropped: it published to "a/"
+    ("mqtt://h/#", ["wildcards"]),
+    ("mqtt://h/a/%23", ["wildcards"]),
+    ("mqtt://h/a/%2B/b", ["wildcards"]),
+    ("redis://h/a#b", ["%23"]),  # a stream key cut at '#' is no better
     ("nats://h/a.*", ["NATS subject"]),
     ("nats://h/a/b", ["NATS subject"]),
     ("mqtt://h/t?qos=2", ["unknown option 'qos'"]),
@@ -541,3 +546,152 @@ def test_detect_publishes_frames_and_object_events_to_every_broker(
         assert {m["track_id"] for m in objects if m["event"] == "new"} == tracks, broker.kind
         assert {m["track_id"] for m in objects if m["event"] == "end"} == tracks, broker.kind  # all ended by close
         assert stats["sent"] == stats["produced"] == len(messages) and stats["dropped"] == stats["lost"] == 0, stats
+
+
+# ---------------------------------------------------------------- a broker that is not there, wildcards (issue 18)
+
+
+def test_pipeline_file_refuses_wildcard_topics(tmp_path: Path) -> None:
+    """run.sinks goes through --sink's parser: a '#' is refused there too, naming the file."""
+    from tritonctl.pipeline import load_pipeline
+
+    path = tmp_path / "p.yaml"
+    path.write_text('model: m\nsources: [{uri: a.mp4}]\nrun:\n  sinks: ["mqtt://127.0.0.1/cams/#"]\n')
+    with pytest.raises(BadInput) as err:
+        load_pipeline(path)
+    assert "wildcards" in str(err.value) and "p.yaml" in str(err.value) and "\n" not in str(err.value), err.value
+
+
+@pytest.mark.parametrize("how", ["flag", "file"])
+def test_detect_refuses_wildcard_topic(how: str, tmp_path: Path) -> None:
+    """Refused before anything starts (no server needed): one line, exit 2."""
+    from conftest import assert_one_line_error, run_cli
+
+    from tritonctl.synthetic import write_video
+
+    video = tmp_path / "v.mp4"
+    write_video(video, n_frames=2, width=64, height=64)
+    url = f"127.0.0.1:{free_ports(1)[0]}"
+    if how == "flag":
+        result = run_cli("detect", str(video), "-m", "m", "--url", url, "--sink", "mqtt://127.0.0.1/a/#")
+    else:
+        config = tmp_path / "p.yaml"
+        config.write_text(f'model: m\nurls: ["{url}"]\nsources: [{{uri: {video}}}]\nrun:\n  sinks: ["mqtt://127.0.0.1/a/#"]\n')
+        result = run_cli("detect", "--config", str(config))
+    assert_one_line_error(result, 2, "wildcards")
+
+
+def unreachable(kind: str) -> str:
+    return f"{kind}://127.0.0.1:{free_ports(1)[0]}/{'a.b' if kind == 'nats' else 'a'}"
+
+
+@pytest.mark.parametrize("kind", ["mqtt", "redis", "nats"])
+def test_unreachable_broker_is_said_at_once_and_retried(kind: str) -> None:
+    """Nothing listens: one line within a second of the sink's start, before any message is written, naming the
+    sink and the reason; it goes on retrying (back-off 0.5 s) and says it only once."""
+    said: list[tuple[float, str]] = []
+    started = time.monotonic()
+    url = unreachable(kind)
+    sink = BrokerSink(parse_sink_url(url), on_problem=lambda line: said.append((time.monotonic() - started, line)))
+    try:
+        while not said and time.monotonic() - started < 3:
+            time.sleep(0.01)
+        time.sleep(1.3)
+    finally:
+        sink.discard()
+    assert len(said) == 1, said
+    at, line = said[0]
+    assert at < 1.0, said
+    assert line.startswith(f"sink {url}: cannot connect (Connection refused); retrying") and "outbox" in line, line
+    assert "\n" not in line
+    assert sink.stats()["failed"] >= 2  # kept trying
+
+
+@pytest.mark.server
+def test_broker_that_comes_late_gets_everything(tmp_path: Path) -> None:
+    """A Redis started after the sink: said missing, then said there, and every message written meanwhile delivered."""
+    exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not Path(exe).exists():
+        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)")
+    port = free_ports(1)[0]
+    said: list[str] = []
+    sink = BrokerSink(parse_sink_url(f"redis://127.0.0.1:{port}/late"), on_problem=said.append, flush_timeout_s=15)
+    for i in range(20):
+        sink.write(result(0, i), INFO)
+    broker = Broker("redis", [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)], port)
+    try:
+        time.sleep(0.6)
+        broker.start()
+        sink.close()
+        stats = sink.stats()
+        got = redis_read(port, "late")
+    finally:
+        broker.stop()
+    assert len(said) == 2 and "cannot connect (Connection refused)" in said[0] and "connected after" in said[1], said
+    assert (stats["sent"], stats["lost"], stats["reconnects"]) == (20, 0, 0), stats
+    assert [m["seq"] for m in got] == list(range(20))
+
+
+def test_unreachable_sinks_flush_side_by_side() -> None:
+    """Each sink's final flush has its own deadline D; begun together, two sinks that cannot deliver close in D."""
+    deadline = 1.0
+    sinks = [BrokerSink(parse_sink_url(unreachable(kind)), flush_timeout_s=deadline) for kind in ("redis", "nats")]
+    for sink in sinks:
+        sink.write(result(0, 0), INFO)
+    started = time.monotonic()
+    for sink in sinks:
+        sink.begin_close()
+    for sink in sinks:
+        sink.close()
+    took = time.monotonic() - started
+    assert deadline * 0.9 <= took < deadline * 1.5, took
+    assert [s.stats()["lost"] for s in sinks] == [1, 1]
+    assert all(deadline * 0.9 <= s.stats()["flush_s"] < deadline * 1.5 for s in sinks), [s.stats() for s in sinks]
+
+
+@pytest.mark.server
+def test_detect_with_unreachable_brokers(triton: Triton, tmp_path: Path) -> None:
+    """`detect --sink …` ×3 with nothing listening: a line per sink as soon as the run starts, not only in
+    --summary-json; the flushes at the end side by side (about 5 s, not 15) and outside the fps; exit 7, naming the
+    sinks and the reason."""
+    from conftest import TRITONCTL
+
+    from tritonctl.synthetic import write_video
+
+    video = tmp_path / "v.mp4"
+    write_video(video, n_frames=30, width=320, height=240)
+    urls = [unreachable(kind) for kind in ("redis", "mqtt", "nats")]
+    spawned = time.monotonic()
+    proc = subprocess.Popen([*TRITONCTL, "detect", str(video), "-m", "tiny", "--url", triton.url,
+                             "--summary-json", str(tmp_path / "s.json"), *(a for u in urls for a in ("--sink", u))],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    err_lines: list[tuple[float, str]] = []
+
+    def read_stderr() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            err_lines.append((time.monotonic(), line.rstrip("\n")))
+
+    reader = threading.Thread(target=read_stderr)
+    reader.start()
+    assert proc.stdout is not None
+    stdout = proc.stdout.read()
+    rc = proc.wait(180)
+    ended = time.monotonic()
+    reader.join(5)
+    stderr = "\n".join(line for _, line in err_lines)
+    assert rc == 7, (rc, stdout, stderr)
+    summary = json.loads((tmp_path / "s.json").read_text())
+    # The run's own clock: it started wall_s + closing_s before it ended (the process exits a moment later still).
+    run_started = ended - summary["closing_s"] - summary["wall_s"]
+    for url in urls:
+        said = [(t, line) for t, line in err_lines if line.startswith(f"sink {url}: cannot connect")]
+        assert len(said) == 1, stderr
+        assert "Connection refused" in said[0][1] and said[0][0] - run_started < 1.0, (said, run_started - spawned)
+    assert 4.5 <= summary["closing_s"] < 7.5, summary["closing_s"]  # 5 s side by side, not 3 x 5 s
+    assert summary["wall_s"] < summary["closing_s"]  # 30 small frames take well under the 5 s flush
+    assert summary["fps"] == pytest.approx(summary["frames"]["inferred"] / summary["wall_s"])
+    assert [(s["sent"], s["lost"]) for s in summary["sinks"]] == [(0, s["produced"]) for s in summary["sinks"]]
+    last = err_lines[-1][1]
+    assert last.startswith("error:") and "delivered nothing" in last and "Connection refused" in last, stderr
+    assert all(url in last for url in urls), last

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, TRITONCTL, assert_one_line_error, free_ports, run_cli
+from conftest import ROOT, TRITONCTL, Triton, assert_one_line_error, free_ports, run_cli
 
 from tritonctl import procs
+from tritonctl.client import REGION_PREFIX, InferSlot, Upstream, fetch_model_info
 from tritonctl.endpoint import parse_endpoint
 from tritonctl.errors import BadInput
 from tritonctl.server import (
@@ -468,6 +469,7 @@ def test_status_reads_the_url_as_typed(triton: object) -> None:
         (["stop", "--url", "http://host:port"], ["--url", "port"]),
         (["stop", "--url", "[::1"], ["--url"]),
         (["stop", "--timeout", "-1"], ["--timeout"]),
+        (["stop", "--all", "--url", "127.0.0.1:8000"], ["--url", "--all"]),
         (["serve", "--host", "http://example.com"], ["--host"]),
         (["serve", "--host", "10.0.0.1:8000"], ["--host"]),
     ],
@@ -513,6 +515,146 @@ def test_foreground_docker_server_notices_its_container_dying(tiny_repo: Path) -
     finally:
         container.released.set()
     assert time.monotonic() - t0 < 5 and not server.alive()
+
+
+# ---------------------------------------------------------------- what a server's clean-up may touch, which servers `stop` ends
+
+
+def _shm_files(slot: InferSlot) -> list[Path]:
+    return [Path("/dev/shm") / r.key.lstrip("/") for r in (slot._in, slot._out) if r is not None]
+
+
+def _serve_and_stop(repo: Path) -> None:
+    """Another local server, started and stopped as a user does: both run the orphan sweep and a clean-up."""
+    ports = _ports()
+    started = run_cli("serve", "--repo", str(repo), *ports, "--detach")
+    assert started.returncode == 0, started.stderr
+    stopped = run_cli("stop", "--url", f"127.0.0.1:{ports[1]}")
+    assert stopped.returncode == 0 and stopped.stdout.startswith("stopped"), (stopped.stdout, stopped.stderr)
+
+
+def test_another_server_starting_and_stopping_leaves_a_clients_regions_alone(triton: Triton, tiny_repo: Path) -> None:
+    """Client regions were named `tritonctl_<pid>_…`, which the servers' clean-up (prefix `tritonctl_`) took for a
+    dead server's: any `serve`/`stop` on the host removed every running client's regions."""
+    info = fetch_model_info("http", parse_endpoint(triton.url), "tiny")
+    slot = InferSlot(info, 2, "http", use_shm=True)
+    ep = Upstream(parse_endpoint(triton.url))
+    try:
+        slot.inputs[:] = 0.25
+        first = slot.infer(ep, 2).copy()
+        regions = _shm_files(slot)
+        assert len(regions) == 2 and all(r.exists() for r in regions)
+        _serve_and_stop(tiny_repo)
+        assert [r for r in regions if not r.exists()] == []
+        assert not set(regions) & set(shm_regions())  # no server's to clean up
+        np.testing.assert_array_equal(slot.infer(ep, 2), first)
+    finally:
+        problems = slot.close()
+    assert problems == [] and not any(r.exists() for r in regions)
+
+
+def test_a_detect_run_keeps_its_regions_while_another_server_starts_and_stops(triton: Triton, tiny_repo: Path,
+                                                                             tmp_path: Path) -> None:
+    """The issue's run: a detect with shared memory while an unrelated `serve --detach` and `stop` ran lost every
+    region and ended with a `destroy …: FileNotFoundError` line per region and resource_tracker warnings."""
+    from tritonctl.synthetic import write_video
+
+    video = tmp_path / "v.mp4"
+    write_video(video, n_frames=300, width=64, height=48, seed=4)
+    summary = tmp_path / "s.json"
+    proc = subprocess.Popen([*TRITONCTL, "detect", str(video), "-m", "tiny", "--url", triton.url, "--shm", "system",
+                             "--summary-json", str(summary)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, stdin=subprocess.DEVNULL)
+    try:
+        regions = _wait_for_regions(proc.pid)
+        os.kill(proc.pid, signal.SIGSTOP)  # held mid-run, regions registered, while the other server comes and goes
+        try:
+            _serve_and_stop(tiny_repo)
+            assert [r for r in regions if not r.exists()] == []
+        finally:
+            os.kill(proc.pid, signal.SIGCONT)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, stderr
+    for word in ("FileNotFoundError", "resource_tracker", "leaked", "removed by another", "refused shared memory"):
+        assert word not in stdout + stderr, stdout + stderr
+    data = json.loads(summary.read_text())
+    assert data["problems"] == [] and data["shared_memory"] and data["frames"]["inferred"] == 300
+
+
+def _wait_for_regions(pid: int, timeout_s: float = 60) -> list[Path]:
+    """A client's regions in /dev/shm, once it has made them (their names carry its pid)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if list(Path("/dev/shm").glob(f"{REGION_PREFIX}{pid}_*")):
+            time.sleep(0.2)  # every worker's
+            return list(Path("/dev/shm").glob(f"{REGION_PREFIX}{pid}_*"))
+        time.sleep(0.02)
+    raise AssertionError(f"process {pid} made no shared-memory region")
+
+
+def _cli_in(folder: Path, state: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`tritonctl` run from another folder (another checkout), with its own state folder."""
+    return subprocess.run([*TRITONCTL, *args], capture_output=True, text=True, timeout=180, cwd=folder,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "TRITONCTL_STATE_DIR": str(state)},
+                          stdin=subprocess.DEVNULL)
+
+
+def test_stop_without_url_stops_only_this_folders_servers(tmp_path: Path, tiny_repo: Path, tiny_onnx: Path) -> None:
+    """Two checkouts, each serving its own `model_repository` (the default, typed relative): `stop` in one stopped
+    both, and `config` in one told to restart the other's server."""
+    state, urls = tmp_path / "state", {}
+    for name in ("a", "b"):
+        shutil.copytree(tiny_repo, tmp_path / name / "model_repository")
+        ports = _ports()
+        started = _cli_in(tmp_path / name, state, "serve", *ports, "--detach")
+        assert started.returncode == 0, started.stderr
+        urls[name] = f"127.0.0.1:{ports[1]}"
+    try:
+        written = sorted(json.loads(p.read_text())["repo"] for p in state.glob("server-*.json"))
+        config = _cli_in(tmp_path / "a", state, "config", "--name", "second", "--model", str(tiny_onnx))
+        assert config.returncode == 0, config.stderr
+        said = " ".join(config.stdout.split())
+        assert f"stop --url {urls['a']}" in said and urls["b"] not in said, said
+        assert f"--http-port {urls['a'].split(':')[1]}" in said  # the restart keeps its ports
+
+        stopped = _cli_in(tmp_path / "a", state, "stop")
+        assert stopped.returncode == 0, stopped.stderr
+        said = " ".join(stopped.stdout.split())
+        assert said.startswith("stopped in ") and f"server at {urls['a']}" in said, said
+        assert f"left running: {urls['b']} ({(tmp_path / 'b' / 'model_repository').resolve()})" in said, said
+        assert "tritonctl stop --all" in said
+        assert not is_ready(urls["a"]) and is_ready(urls["b"])
+        assert written == [str((tmp_path / n / "model_repository").resolve()) for n in ("a", "b")]  # absolute
+
+        again = _cli_in(tmp_path / "a", state, "stop")
+        assert again.returncode == 0 and again.stdout.startswith("nothing to stop"), again.stdout
+        assert is_ready(urls["b"])
+    finally:
+        everything = _cli_in(tmp_path, state, "stop", "--all")
+    assert everything.returncode == 0 and f"server at {urls['b']}" in everything.stdout, everything.stdout
+    assert not is_ready(urls["b"])
+
+
+def test_a_record_with_a_relative_repository_is_no_folders_server(tmp_path: Path, tiny_onnx: Path) -> None:
+    """Records written before repositories were resolved kept `model_repository` as typed: it named a repository in
+    whichever folder read it. Such a server (here docker's: nothing tells where it was started) is stopped only by
+    --url or --all, and `config` says nothing of it."""
+    state, folder = tmp_path / "state", tmp_path / "checkout"
+    (folder / "model_repository").mkdir(parents=True)
+    url = f"127.0.0.1:{free_ports(1)[0]}"
+    state.mkdir()
+    record = ServerRecord("docker", url, container="tritonctl-elsewhere", repo="model_repository")
+    (state / record.path().name).write_text(json.dumps({k: v for k, v in record.__dict__.items() if k != "serve_flags"}))
+    stopped = _cli_in(folder, state, "stop")
+    assert stopped.returncode == 0, stopped.stderr
+    said = " ".join(stopped.stdout.split())
+    assert said.startswith("nothing to stop") and f"left running: {url} (repository unknown)" in said, said
+    config = _cli_in(folder, state, "config", "--name", "m", "--model", str(tiny_onnx))
+    assert config.returncode == 0 and "restart" not in config.stdout, config.stdout
+    assert list(state.glob("server-*.json"))  # still findable by --url and --all
 
 
 # ---------------------------------------------------------------- helpers

@@ -129,6 +129,49 @@ def test_wrong_class_names_fail_the_gate(demo_repo: Path, val_data: Path, tmp_pa
     assert "difference" in result.stdout and "AP50-95 circle" in result.stdout
 
 
+# ---------------------------------------------------------------- a checkpoint that predicts nothing
+
+
+def _blind_checkpoint(path: Path) -> Path:
+    """The demo checkpoint with its class biases at -50: no score passes conf 0.001, as with a fresh (Ultralytics
+    initialises class biases near -10) or badly trained model. Ultralytics' val then writes no predictions.json."""
+    from ultralytics import YOLO
+
+    model = YOLO(str(DEMO_PT))
+    for branch in model.model.model[-1].cv3:  # type: ignore[union-attr,index]
+        branch[-1].bias.data.fill_(-50.0)
+    model.save(str(path))
+    return path
+
+
+def test_served_model_that_predicts_nothing_is_said(demo_triton: Triton, val_data: Path, tmp_path: Path) -> None:
+    """No box reaches --conf 1: mAP 0 with the reason beside it, not a bare 0 that reads like a broken evaluation."""
+    result, report = _val(demo_triton, "shapes32", val_data, tmp_path, "--conf", "1", "--max-images", "8")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert report["served"]["map50_95"] == 0 and report["notes"] == [
+        f"served shapes32 predicted nothing on {val_data.name}: mAP 0; no box reached conf 1 (an untrained or weak model, "
+        "or one of other classes?)"]
+    assert report["notes"][0] in result.stdout
+
+
+def test_checkpoint_that_predicts_nothing_scores_zero(demo_triton: Triton, val_data: Path, tmp_path: Path) -> None:
+    """Was a 40-line FileNotFoundError (reference/run/predictions.json). Now: 0 in the checkpoint's column, one note."""
+    blind = _blind_checkpoint(tmp_path / "blind.pt")
+    result, report = _val(demo_triton, "shapes32", val_data, tmp_path / "out", "--reference", str(blind),
+                          "--max-images", "8")
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert result.returncode == 0, result.stderr  # the served model is not below its (empty) reference
+    ref = report["reference"]
+    assert ref["metrics"]["map50_95"] == 0 and ref["predictions"] == 0 and ref["ultralytics"]["map50_95"] == 0
+    assert report["served"]["map50_95"] > 0.5 and report["drop"] < 0
+    cells = next(cells for line in result.stdout.splitlines() if (cells := [c.strip() for c in line.split("│")])[1:2]
+                 == ["mAP50-95"])
+    assert cells[3] == "0.0000" and float(cells[2]) > 0.5 and float(cells[4]) > 0.5, cells  # checkpoint, difference
+    assert report["notes"] == [f"reference blind.pt predicted nothing on {val_data.name}: mAP 0; no box reached conf "
+                               "0.001 (an untrained or weak model, or one of other classes?)"]
+    assert report["notes"][0] in result.stdout  # on one line
+
+
 # ---------------------------------------------------------------- bad input: one line each
 
 
@@ -155,6 +198,16 @@ def _bad_sets(val_data: Path, tmp: Path) -> dict[str, tuple[Path, list[str], str
     bad_yaml.write_text("names: [circle, square\nval: [\n")
     bad_json = tmp / "bad.json"
     bad_json.write_text('{"images": [')
+    unlabelled = _copy_set(val_data, tmp / "unlabelled")
+    for label in (tmp / "unlabelled" / "labels" / "val").iterdir():
+        label.write_text("")
+    unreadable = _copy_set(val_data, tmp / "unreadable")
+    for image in (tmp / "unreadable" / "images" / "val").iterdir():
+        image.write_bytes(b"not a jpeg")
+    (tmp / "a-file").write_text("")
+    no_bbox = tmp / "no_bbox.json"
+    no_bbox.write_text(json.dumps({"images": [{"id": 1, "file_name": "00000.jpg"}], "categories": [{"id": 1, "name": "a"}],
+                                   "annotations": [{"id": 1, "image_id": 1, "category_id": 1}]}))
     return {
         "missing labels": (no_labels, [], "no labels folder"),
         "class count": (five, [], "has 4 classes"),
@@ -165,6 +218,11 @@ def _bad_sets(val_data: Path, tmp: Path) -> dict[str, tuple[Path, list[str], str
         "missing file": (tmp / "nope.yaml", [], "no such file"),
         "reference with json": (bad_json, ["--reference", str(DEMO_PT)], "needs a YOLO dataset yaml"),
         "bad max drop": (val_data, ["--max-drop", "-1"], "--max-drop"),
+        "no labelled object": (unlabelled, [], "hold no labelled object"),
+        "no image decodes": (unreadable, [], f"no image could be read ({N_IMAGES} did not decode"),
+        "coco entry without bbox": (no_bbox, ["--images", str(val_data.parent / "images/val")], "no 'bbox' field"),
+        "out dir under a file": (val_data, ["--out-dir", str(tmp / "a-file" / "out")],
+                                 f"cannot make the folder ({tmp / 'a-file'} is not a folder)"),
     }
 
 
@@ -176,6 +234,58 @@ def test_bad_input_one_line_each(demo_triton: Triton, val_data: Path, tmp_path: 
             assert_one_line_error(result, 2, word)
         except AssertionError as exc:
             raise AssertionError(f"{name}: {exc}") from None
+
+
+def _bad_references(val_data: Path, tmp: Path) -> dict[str, tuple[Path, Path, str]]:
+    """name -> (checkpoint, data, a word the error line must hold): each was a traceback, from Ultralytics or from us."""
+    import torch
+    from ultralytics import YOLO
+
+    (tmp / "garbage.pt").write_bytes(b"not a checkpoint")
+    (tmp / "empty.pt").write_bytes(b"")
+    torch.save({"weights": [1, 2]}, tmp / "dict.pt")
+    YOLO("yolov8n-cls.yaml").save(str(tmp / "classify.pt"))
+    YOLO("yolov8n.yaml").save(str(tmp / "coco80.pt"))  # fresh: 80 classes, and it predicts nothing
+    twice = _copy_set(val_data, tmp / "twice")  # the same file names in two folders
+    shutil.copytree(tmp / "twice" / "images" / "val", tmp / "twice" / "images" / "again")
+    shutil.copytree(tmp / "twice" / "labels" / "val", tmp / "twice" / "labels" / "again")
+    twice.write_text(twice.read_text().replace("val: images/val", "val: [images/val, images/again]"))
+    return {
+        "corrupt file": (tmp / "garbage.pt", val_data, "Ultralytics cannot load it: the file is not a loadable"),
+        "empty file": (tmp / "empty.pt", val_data, "Ultralytics cannot load it: the file is not a loadable"),
+        "not a model": (tmp / "dict.pt", val_data, "Ultralytics cannot load it: the file references types outside"),
+        "classifier": (tmp / "classify.pt", val_data, "is a classify checkpoint"),
+        "other class count": (tmp / "coco80.pt", val_data, "has 80 classes"),
+        "file names twice": (DEMO_PT, twice, "share a file name (00000.jpg, 00001.jpg, 00002.jpg)"),
+    }
+
+
+def test_bad_reference_one_line_each(demo_triton: Triton, val_data: Path, tmp_path: Path) -> None:
+    for name, (checkpoint, data, word) in _bad_references(val_data, tmp_path).items():
+        result = run_cli("val", "-m", "shapes32", "--data", str(data), "--url", demo_triton.url,
+                         "--out-dir", str(tmp_path / "out"), "--reference", str(checkpoint))
+        try:
+            assert_one_line_error(result, 2, f"--reference {checkpoint}" if checkpoint != DEMO_PT else "--reference", word)
+        except AssertionError as exc:
+            raise AssertionError(f"{name}: {exc}") from None
+
+
+def test_reference_with_other_class_names(demo_triton: Triton, val_data: Path, tmp_path: Path) -> None:
+    """A checkpoint naming its classes otherwise (same count) is matched by index, as the served model would be;
+    with the data's names in another order, by name (so it scores as its users would see it: badly)."""
+    from ultralytics import YOLO
+
+    runs = {}
+    for how, names in (("index", ["a", "b", "c", "d"]), ("names", ["square", "circle", "triangle", "cross"])):
+        model = YOLO(str(DEMO_PT))
+        model.model.names = dict(enumerate(names))  # type: ignore[union-attr]
+        model.save(str(tmp_path / f"{how}.pt"))
+        result, report = _val(demo_triton, "shapes32", val_data, tmp_path / how, "--reference", str(tmp_path / f"{how}.pt"),
+                              "--max-images", "8", "--max-drop", "1")
+        assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+        assert report["reference"]["class_map"] == how
+        runs[how] = report
+    assert abs(runs["index"]["drop"]) < 0.01 and runs["names"]["drop"] < -0.2, (runs["index"]["drop"], runs["names"]["drop"])
 
 
 def test_plain_yaml_reader_without_pyyaml(val_data: Path) -> None:

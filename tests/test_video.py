@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import Triton, assert_one_line_error, free_ports, run_cli
+from rtsp import RtspServer
 
 from tritonctl.errors import BadInput
 from tritonctl.video import Frame, FrameQueue, parse_sources
@@ -18,7 +19,8 @@ from tritonctl.video import Frame, FrameQueue, parse_sources
 
 class CameraServer:
     """An IP camera on loopback: MJPEG over HTTP (multipart/x-mixed-replace), `per_connection` frames at `fps`, then
-    silence for `silence_s` (a stall) and a closed connection; after `connections` clients it answers 503 (gone)."""
+    silence for `silence_s` (a stall) and a closed connection; after `connections` clients it answers 503 (gone), and
+    404 to any other path."""
 
     def __init__(self, frames: list[bytes], fps: float = 30, per_connection: int = 30, silence_s: float = 2.0,
                  connections: int = 2) -> None:
@@ -26,6 +28,9 @@ class CameraServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                if self.path != "/stream.mjpg":
+                    self.send_error(404)
+                    return
                 server.served += 1
                 if server.served > connections:
                     self.send_error(503)
@@ -95,11 +100,13 @@ def test_an_unreachable_stream_is_retried_while_the_video_runs(triton: Triton, d
     camera was down, after OpenCV's own "[ WARN:0@0.010] global cap.cpp:215 open VIDEOIO(FFMPEG) …" line."""
     import json
 
-    stream = f"rtsp://127.0.0.1:{free_ports(1)[0]}/stream"
+    port = free_ports(1)[0]
+    stream = f"rtsp://127.0.0.1:{port}/stream"
     result = run_cli("detect", str(demo_video), stream, "-m", "tiny", "--url", triton.url, "--output",
                      str(tmp_path / "out.mp4"), "--json", str(tmp_path / "out.jsonl"), "--summary-json",
                      str(tmp_path / "s.json"), "--reconnects", "1", "--stall-timeout", "0.5")
-    assert_one_line_error(result, 1, f"source 1 ({stream})", f"cannot open stream {stream}", "after 1 reconnect")
+    assert_one_line_error(result, 1, f"source 1 ({stream})", "cannot open stream", "after 1 reconnect",
+                          f"connection refused: nothing listens at 127.0.0.1:{port}")
     assert "[ WARN" not in result.stderr
     video, live = json.loads((tmp_path / "s.json").read_text())["sources"]
     assert video["inferred"] == 60 and video["error"] == ""  # the file ran to its end while the stream was retried
@@ -207,10 +214,65 @@ def test_image_frames_carry_their_file(tmp_path: Path) -> None:
 @pytest.mark.server
 def test_a_missing_webcam_is_our_one_line_only(triton: Triton) -> None:
     """OpenCV printed its own two warning lines (V4L2, obsensor) before ours. A webcam is live: it is retried like a
-    stalled one, and one that never opens is a failed source (exit 1)."""
+    stalled one, and one that never opens is a failed source (exit 1). Its progress row said `0/? 0.0 fps` while it
+    was retried, and the end did not say that no such device exists."""
     index = next(i for i in range(7, 64) if not Path(f"/dev/video{i}").exists())
-    result = run_cli("detect", str(index), "-m", "tiny", "--url", triton.url, "--reconnects", "0")
-    assert_one_line_error(result, 1, f"cannot open webcam {index}")
+    result = run_cli("detect", str(index), "-m", "tiny", "--url", triton.url, "--reconnects", "1", "--stall-timeout",
+                     "0.5", env=TERMINAL)
+    assert_one_line_error(result, 1, f"cannot open webcam {index}", f"no camera at index {index}",
+                          f"/dev/video{index} does not exist", "after 1 reconnect")
+    assert f"cannot open (no /dev/video{index}), retrying 1/1" in _shown(result.stdout)
+
+
+TERMINAL = {"TTY_COMPATIBLE": "1"}  # Rich draws its live progress as on a terminal: the test reads the rows it draws
+
+
+def _shown(text: str) -> str:
+    """What a terminal shows of `text`, near enough: the escape sequences taken out."""
+    import re
+
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+
+
+@pytest.mark.server
+def test_a_wrong_rtsp_path_says_404_while_retrying_and_at_the_end(triton: Triton, rtsp_server: RtspServer) -> None:
+    """`detect rtsp://host:port/wrongpath` showed 13 s of `0/? 0.0 fps` with no word of retrying, then ended with
+    "unreachable, or not a stream FFmpeg can read" although the server had answered 404; that error wrapped over six
+    lines of the summary table."""
+    url = f"rtsp://{rtsp_server.host}:{rtsp_server.port}/wrongpath"
+    result = run_cli("detect", url, "-m", "tiny", "--url", triton.url, "--reconnects", "2", "--stall-timeout", "0.5",
+                     env=TERMINAL)
+    assert_one_line_error(result, 1, f"source 0 ({url})", "RTSP 404 Not Found: the path is wrong", "after 2 reconnects")
+    shown = _shown(result.stdout)
+    assert "cannot open (RTSP 404 Not Found), retrying" in shown  # while it retried, in its progress row
+    table = shown.splitlines()
+    [row] = [i for i, line in enumerate(table) if line.endswith("│") and "RTSP 404 Not Found" in line]
+    assert table[row].split("│")[-2].strip() == "RTSP 404 Not Found"  # the error cell: the reason alone
+    following = table[row + 1]  # the row's next line (a long source name wraps) or the table's bottom border
+    assert following.startswith("└") or following.split("│")[-2].strip() == "", following  # the error did not wrap
+
+
+def test_a_stream_that_cannot_open_says_why_in_the_protocols_words(camera: CameraServer) -> None:
+    """Every stream that did not open was "unreachable, or not a stream FFmpeg can read", whatever FFmpeg had said."""
+    import socket
+
+    from tritonctl.video import AvCapture, CannotOpen
+
+    def failure(uri: str) -> str:
+        with pytest.raises(CannotOpen) as info:
+            AvCapture(uri, timeout_s=0.5)
+        return str(info.value.failure)
+
+    port = free_ports(1)[0]
+    assert failure(f"rtsp://127.0.0.1:{port}/cam") == f"connection refused: nothing listens at 127.0.0.1:{port}"
+    assert failure(camera.url.replace("stream.mjpg", "nope")) == "HTTP 404 Not Found: the path is wrong"
+    assert failure("rtsp://no-such-camera.invalid/cam") == "host not found: no-such-camera.invalid does not resolve"
+    with socket.socket() as silent:  # accepts connections (the kernel does), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        where = f"127.0.0.1:{silent.getsockname()[1]}"
+        for scheme in ("rtsp", "http"):
+            assert failure(f"{scheme}://{where}/cam") == f"timed out: no answer from {where} within 0.5 s"
 
 
 def test_reader_accounts_for_every_frame_it_read(demo_video: Path, tmp_path: Path) -> None:

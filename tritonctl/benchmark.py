@@ -415,7 +415,7 @@ def apply_to_config(config_path: Path, best: Row, max_batch: int, dry_run: bool)
     after = config_text(cfg)
     diff = "".join(difflib.unified_diff(before.splitlines(True), after.splitlines(True), str(config_path), str(config_path)))
     if not dry_run:
-        tmp = config_path.with_suffix(".pbtxt.tmp")
-        tmp.write_text(after)
-        tmp.replace(config_path)
+        from tritonctl.files import write_text
+
+        write_text(config_path, after, streams=False)
     return Applied(diff, rules)

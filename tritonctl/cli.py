@@ -182,6 +182,8 @@ def serve(
 
 
 def _report_ready(s: Any, running: Any, seconds: float) -> None:
+    from rich.markup import escape
+
     from tritonctl.client import server_status
     from tritonctl.endpoint import parse_endpoint
     from tritonctl.status import render
@@ -190,8 +192,9 @@ def _report_ready(s: Any, running: Any, seconds: float) -> None:
     out.print(f"[green]ready[/] in {seconds:.1f} s: http {s.url}, grpc {s.grpc_url}, metrics {s.metrics_url}"
               + (f", log {log_path}" if log_path else ""))
     render(server_status(parse_endpoint(s.url)))
-    if s.detach:
-        out.print("stop it with [bold]tritonctl stop[/]")
+    if s.detach:  # a bare `stop` stops the servers of this folder's default repository only
+        how = "tritonctl stop" if s.repo.resolve() == Path("model_repository").resolve() else f"tritonctl stop --url {s.url}"
+        out.print(f"stop it with [bold]{escape(how)}[/]")
 
 
 def _follow(running: Any) -> str | None:
@@ -260,7 +263,10 @@ def _query_all(urls: list[str]) -> tuple[list[Any], dict[str, str]]:
 @app.command()
 @command
 def stop(
-    url: str = typer.Option("", help="host:port of the server to stop (default: every server `serve` started)"),
+    url: str = typer.Option("", help="host:port of the server to stop (default: the servers of --repo)"),
+    repo: Path | None = typer.Option(None, help="stop the servers serving this repository (default: model_repository "
+                                                "in this folder, as for serve)"),
+    all_servers: bool = typer.Option(False, "--all", help="stop every server `tritonctl serve` started, from any folder"),
     timeout: float = typer.Option(15.0, help="seconds to wait after SIGTERM before SIGKILL"),
 ) -> None:
     """Stop what `tritonctl serve` started: gracefully, then firmly after --timeout; its Python backend processes
@@ -271,16 +277,27 @@ def stop(
 
     if timeout < 0:
         raise BadInput(f"--timeout {timeout}: give the seconds to wait before SIGKILL (0 or more)")
+    if sum((bool(url), repo is not None, all_servers)) > 1:
+        raise BadInput("give one of --url, --repo and --all")
     endpoint = parse_endpoint(url) if url else None
     targets = server.find_records(endpoint, prune=False)
+    others: list[Any] = []
+    if endpoint is None and not all_servers:  # this folder's servers only: another checkout's are not ours to end
+        repo = repo or Path("model_repository")  # serve's default
+        others = [r for r in targets if not r.serves(repo) and r.running()]
+        targets = [r for r in targets if r.serves(repo)]
     if not targets:  # nothing to stop is what cleanup scripts want: success, said once
-        out.print(f"nothing to stop: no server started by `tritonctl serve` {'at ' + endpoint.url if endpoint else 'is running'}")
-        return
+        where = f"at {endpoint.url}" if endpoint else f"serves {repo.resolve()}" if repo else "is running"
+        out.print(f"nothing to stop: no server started by `tritonctl serve` {where}", highlight=False, soft_wrap=True)
     stuck: list[str] = []
     for record in targets:
         result = server.stop_record(record, timeout)
         out.print(f"{result.describe()}: {record.runtime} server at {record.url}")
         stuck.extend(result.left)
+    if others:
+        listing = ", ".join(f"{r.url} ({r.repo_path() or 'repository unknown'})" for r in others)
+        out.print(f"left running: {listing}; stop one with `tritonctl stop --url URL`, every one with "
+                  "`tritonctl stop --all`", highlight=False, soft_wrap=True)
     if stuck:
         raise ServerError(f"still running after SIGKILL: {', '.join(stuck)}")
 
@@ -441,8 +458,9 @@ def detect(
     max_det: int | None = typer.Option(None, help="detections kept per frame (default 300)"),
     output: Path | None = typer.Option(None, help="annotated video (out.mp4; out_<id>.mp4 for several sources); for image "
                                                   "sources a folder (annotated/), one image per input, named after it"),
-    json_out: Path | None = typer.Option(None, "--json", help="JSON Lines: one line per frame"),
-    summary_json: Path | None = typer.Option(None, help="the run's summary as JSON"),
+    json_out: Path | None = typer.Option(None, "--json", help="JSON Lines: one line per frame (- for standard output, "
+                                                              "the rest goes to standard error)"),
+    summary_json: Path | None = typer.Option(None, help="the run's summary as JSON (- for standard output)"),
     show: bool | None = typer.Option(None, "--show", help="display a window (needs a display)"),
     view: str | None = typer.Option(None, help="serve a live page of every stream at HOST:PORT (e.g. 127.0.0.1:8080)"),
     track: str | None = typer.Option(None, help="track objects per source: bytetrack, ocsort or botsort (ids in the "
@@ -474,6 +492,10 @@ def detect(
              "urls": url or None, "discover": discover, "discover_dns": discover_dns,
              "discover_interval_s": discover_interval}
     settings = det.settings_from_flags(config, sources or [], flags)
+    if settings.writes_stdout():
+        from tritonctl.ui import claim_stdout
+
+        claim_stdout()
     outcome = det.execute(settings, progress=out)
     summary = outcome.summary
     render_summary(summary)
@@ -488,6 +510,10 @@ def detect(
         from tritonctl.errors import TritonctlError
 
         raise TritonctlError("; ".join(f"source {s.id} ({s.uri}): {s.error}" for s in failed))
+    from tritonctl.summary import undelivered
+
+    if (lost := undelivered(summary)) is not None:  # events a broker never got: exit 7, even after Ctrl-C
+        raise lost
     if summary.interrupted_by:
         raise KeyboardInterrupt
 
@@ -703,6 +729,8 @@ def config(
     precision: str | None = typer.Option(None, help="fp16 or fp32: refuse a model of the other precision"),
 ) -> None:
     """Write config.pbtxt, the model file and labels.txt into a Triton model repository."""
+    from rich.markup import escape
+
     from tritonctl.repository import ConfigSettings, write_model
     from tritonctl.server import serving
 
@@ -717,7 +745,7 @@ def config(
         out.print(f"  {path.relative_to(folder.parent)}  [dim]{path.stat().st_size:,} B[/]")
     for record in serving(repo):  # Triton reads the repository at start (no polling): say how the model gets loaded
         out.print(f"[yellow]note:[/] the server at {record.url} serves {repo} and loaded it at start; restart it to load "
-                  f"{name!r}: tritonctl stop --url {record.url} && tritonctl serve --repo {repo} --detach")
+                  f"{name!r}: {escape(record.restart_command())}")
 
 
 # ---------------------------------------------------------------- deploy

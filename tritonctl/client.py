@@ -339,6 +339,11 @@ class EndpointPool:
 # ---------------------------------------------------------------- inference slots
 
 _region_ids = itertools.count()
+# Our regions in /dev/shm are `tritonctl-cli-<pid>_<role><n>`: a namespace of their own, apart from the local servers'
+# `tritonctl-srv-<id>_…` (server.py), so that no server's clean-up ever takes a running client's regions.
+REGION_PREFIX = "tritonctl-cli-"
+SHM_DIR = "/dev/shm"
+REMOVED_ELSEWHERE = "removed by another process on this host"
 
 
 @dataclass
@@ -529,12 +534,16 @@ class InferSlot:
                 _register(client, ep.url, region)
         except TransientError:
             raise
-        except TritonctlError as exc:  # the server answers but cannot map this host's memory
+        except TritonctlError as exc:  # the server answers but cannot map the region
+            # Not the server's fault when our own region is gone from /dev/shm (another process removed it)
+            gone = next((r for r in self._regions() if not _region_exists(r)), None)
+            cause = f"shared-memory region {_shm_file(gone)} was {REMOVED_ELSEWHERE}" if gone else \
+                f"Triton at {ep.url} cannot use this host's shared memory ({exc})"
             if self.shm_required:
-                raise BadInput(f"--shm system: Triton at {ep.url} cannot use this host's shared memory ({exc}); "
-                               "pass --shm none") from exc
+                raise BadInput(f"--shm system: {cause}; {'run again' if gone else 'pass --shm none'}") from exc
             self._wire_only.add(ep.url)
-            self.problems.append(f"{ep.url} refused shared memory, tensors sent over the network")
+            self.problems.append(f"{cause}: tensors sent to {ep.url} over the network" if gone else
+                                 f"{ep.url} refused shared memory, tensors sent over the network")
             return
         self._registered[ep.url] = ep.generation
 
@@ -668,22 +677,52 @@ def create_regions(wanted: list[tuple[str, tuple[int, ...], np.dtype]]) -> list[
 
 
 def destroy_regions(regions: list[_Shm]) -> list[str]:
+    """Unmap and remove the regions; the problems met. A region already gone from /dev/shm (another process removed
+    it) is no error of ours: one line says so, however many were gone, and nothing is left for the resource tracker
+    to warn about at exit."""
     import tritonclient.utils.shared_memory as shm
 
-    problems = []
+    problems, gone = [], 0
     for region in regions:
         try:
             with triton_call("this host", f"destroy shared memory {region.name}"):
-                shm.destroy_shared_memory_region(region.handle)
+                try:
+                    shm.destroy_shared_memory_region(region.handle)
+                except FileNotFoundError:
+                    gone += 1
+                    _untrack(region)
         except TritonctlError as exc:
             problems.append(f"destroy {region.name}: {exc}")
+    if gone:  # the same line from every slot, so that a run reports it once
+        problems.append(f"shared-memory regions of this run were {REMOVED_ELSEWHERE} before it ended")
     return problems
+
+
+def _shm_file(region: _Shm) -> str:
+    """The /dev/shm name of the memory we created and mapped (the handle's: what we registered says only a key)."""
+    name = getattr(getattr(region.handle, "_mpsm_handle", None), "name", None) or region.key
+    return "/" + str(name).lstrip("/")
+
+
+def _region_exists(region: _Shm) -> bool:
+    return os.path.exists(SHM_DIR + _shm_file(region))
+
+
+def _untrack(region: _Shm) -> None:
+    """multiprocessing unregisters a region from its resource tracker only once shm_unlink succeeds: for one that
+    someone else removed, the tracker would try again at exit and warn ("leaked shared_memory objects")."""
+    from multiprocessing import resource_tracker
+
+    handle = getattr(region.handle, "_mpsm_handle", None)
+    name = getattr(handle, "_name", None)
+    if name:
+        resource_tracker.unregister(name, "shared_memory")
 
 
 def _create_region(role: str, shape: tuple[int, ...], dtype: np.dtype) -> _Shm:
     import tritonclient.utils.shared_memory as shm
 
-    name = f"tritonctl_{os.getpid()}_{role}{next(_region_ids)}"
+    name = f"{REGION_PREFIX}{os.getpid()}_{role}{next(_region_ids)}"
     size = int(np.prod(shape)) * dtype.itemsize
     with triton_call("this host", f"create shared memory {name} ({size} bytes)"):
         handle = shm.create_shared_memory_region(name, f"/{name}", size, create_only=True)

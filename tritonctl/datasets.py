@@ -220,6 +220,15 @@ def _image_folder(path: Path, images: Path | None, first: str) -> Path:
 
 def load_coco(path: Path, images: Path | None = None) -> Dataset:
     data = _coco_json(path)
+    try:
+        return _coco_dataset(path, data, images)
+    except (KeyError, TypeError, ValueError) as exc:  # an entry without a field, or of another shape
+        what = f"no {exc.args[0]!r} field" if isinstance(exc, KeyError) else " ".join(str(exc).split())
+        raise BadInput(f"--data {path}: an entry is not COCO ({what}); images need id and file_name, annotations "
+                       "image_id, category_id and bbox [x, y, w, h], categories id") from None
+
+
+def _coco_dataset(path: Path, data: dict[str, Any], images: Path | None) -> Dataset:
     if not data["images"]:
         raise BadInput(f"--data {path}: holds no images")
     cats = sorted(int(c["id"]) for c in data["categories"])

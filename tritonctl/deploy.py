@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from tritonctl.errors import BadInput
+from tritonctl.files import write_text
 
 # ---------------------------------------------------------------- plan
 
@@ -411,12 +410,4 @@ def _ours(out: Path) -> set[str]:
 
 
 def _atomic(path: Path, text: str) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text(path, text, streams=False)

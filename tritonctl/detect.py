@@ -16,8 +16,9 @@ from tritonctl.client import ModelInfo, fetch_model_info
 from tritonctl.discovery import DiscoverTarget, first_endpoints, parse_discover
 from tritonctl.endpoint import Endpoint, parse_endpoints
 from tritonctl.errors import BadInput, ServerError
+from tritonctl.files import check_file_target, is_stdout, is_stream, partial_path, write_text
 from tritonctl.postprocess import PostSettings
-from tritonctl.sinks import Sink, image_names, output_targets, partial_path
+from tritonctl.sinks import Sink, image_names, output_targets
 from tritonctl.streaming import LIVE_CONCURRENCY, Detection, SourceRun
 from tritonctl.summary import RunSummary, summarize
 from tritonctl.video import SourceSpec, parse_sources
@@ -117,6 +118,10 @@ class DetectSettings:
         files = [("--output", p) for p in self.output_targets().values()]
         files += [(flag, p) for flag, p in (("--json", self.json_path), ("--summary-json", self.summary_json)) if p]
         return files + self.source_outputs()
+
+    def writes_stdout(self) -> bool:
+        """Some output is `-`: standard output carries that data alone."""
+        return any(is_stdout(p) for _, p in self.output_files())
 
     def source_outputs(self) -> list[tuple[str, Path]]:
         """(setting, path) of the files the pipeline file names per source."""
@@ -304,6 +309,8 @@ def _source_files(src: SourceSpec) -> list[tuple[Path, str]]:
 
 def _file_keys(path: Path) -> set[object]:
     """Ways the same file can be named twice: its resolved path (symlinks, `..`) and, when it exists, its inode."""
+    if is_stdout(path):
+        return {"standard output"}
     keys: set[object] = {path.resolve()}
     try:
         st = path.stat()
@@ -313,13 +320,24 @@ def _file_keys(path: Path) -> set[object]:
     return keys
 
 
+_STREAMS = ("--json", "--summary-json", "outputs.json")  # text a user may pipe: `-`, a FIFO or a device written in place
+
+
 def _check_writable(flag: str, path: Path) -> None:
+    """A file we can write: nothing that a rename would damage; its folder exists or can be made (as every command
+    makes the folder of its outputs)."""
     if path.is_dir():
         raise BadInput(f"{flag} {path} is a folder: give a file name, e.g. {path / _EXAMPLE_NAMES[flag]}")
-    if not path.parent.is_dir():
-        raise BadInput(f"cannot write {path}: folder {path.parent} does not exist")
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise BadInput(f"cannot write {path}: folder {path.parent} is not writable")
+    check_file_target(flag, path, streams=flag in _STREAMS)
+    if is_stream(path):
+        return
+    home = path.absolute().parent
+    while not home.exists():
+        home = home.parent
+    if not home.is_dir():
+        raise BadInput(f"cannot write {path}: {home} is a file, not a folder")
+    if not os.access(home, os.W_OK | os.X_OK):
+        raise BadInput(f"cannot write {path}: folder {home} is not writable")
 
 
 def check_server(settings: DetectSettings) -> ModelInfo:
@@ -391,8 +409,17 @@ def open_sinks(settings: DetectSettings, run: Detection, extra: list[Sink] | Non
 
 
 def broker_sinks(settings: DetectSettings, run: Detection) -> list[Sink]:
-    """One publishing sink per --sink; `run.brokers` keeps them for the summary's figures."""
+    """One publishing sink per --sink; `run.brokers` keeps them for the summary's figures. Each says on stderr, in one
+    line, when it cannot reach its broker (as the run starts, not only in the summary) and when it can again."""
+    from rich.markup import escape
+
     from tritonctl.events import BrokerSink, parse_sink_url
+    from tritonctl.ui import console
+
+    err = console(stderr=True)
+
+    def say(line: str) -> None:
+        err.print(f"[yellow]{escape(line)}[/]", highlight=False, soft_wrap=True)
 
     def name(sid: int) -> str:
         src = run.sources.get(sid)
@@ -404,7 +431,7 @@ def broker_sinks(settings: DetectSettings, run: Detection) -> list[Sink]:
 
     for url in settings.sinks:
         run.brokers.append(BrokerSink(parse_sink_url(url), source_name=name, source_uri=uri,
-                                      capacity=settings.sink_outbox, policy=settings.sink_policy))
+                                      capacity=settings.sink_outbox, policy=settings.sink_policy, on_problem=say))
     return list(run.brokers)
 
 
@@ -502,13 +529,12 @@ def execute(settings: DetectSettings, progress: Any = None) -> DetectOutcome:
 def write_summary_json(summary: RunSummary, path: Path) -> None:
     import json
 
-    tmp = partial_path(path)
-    tmp.write_text(json.dumps(summary.to_json(), indent=2))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(summary.to_json(), indent=2) + "\n")
 
 
 def _live_progress(run: Detection, console: Any) -> Any:
     """A bar per source (files: out of their frame count; live: a running count), sources a reload adds included."""
+    from tritonctl.summary import progress_text
     from tritonctl.ui import LiveBars
 
     tasks: dict[int, Any] = {}
@@ -518,7 +544,7 @@ def _live_progress(run: Detection, console: Any) -> Any:
             if sid not in tasks:
                 tasks[sid] = bars.add_task(src.spec.uri[-40:], total=src.reader.stats.total, rate="")
             done = run.stats.inferred.get(sid, 0)
-            bars.update(tasks[sid], completed=done, rate=f"{done / elapsed:.1f} fps")
+            bars.update(tasks[sid], completed=done, rate=progress_text(run, src, elapsed))
 
     return LiveBars(console, refresh)
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from tritonctl import procs
 from tritonctl.errors import BadInput, ModelError, ToolMissing
+from tritonctl.files import commit
 from tritonctl.metadata import ModelMeta, read_onnx
 
 # Where NVIDIA's images have put trtexec when it is not on PATH; the probe looks on PATH first and says what it found.
@@ -438,7 +439,7 @@ def build(s: EngineSettings, on_line: Callable[[str], None]) -> EngineResult:
     if code != 0 or not partial.is_file():
         partial.unlink(missing_ok=True)
         raise _failed(code, summary, log_file)
-    partial.replace(engine)
+    commit(partial, engine)
     trt = dataclasses.replace(trt, version=summary.tensorrt or trt.version)  # the build's own log has the last word
     _record(s, trt, command, summary, engine)
     return EngineResult(engine, log_file, summary, command, trt)

@@ -40,3 +40,9 @@ class ToleranceExceeded(TritonctlError):
     """A check ran and its result broke the tolerance the user set (e.g. FP16 parity)."""
 
     exit_code = 6
+
+
+class EventsUndelivered(TritonctlError):
+    """A broker sink (--sink) delivered nothing, or dropped or lost messages: the run's results are not all there."""
+
+    exit_code = 7

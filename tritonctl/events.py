@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import socket
 import threading
 import time
@@ -76,6 +77,7 @@ def parse_sink_url(text: str) -> SinkSpec:
     kind = parts.scheme.lower()
     if kind not in DEFAULT_PORTS:
         raise BadInput(f"--sink {text!r}: unknown broker {parts.scheme or '(none)'!r}; use one of {EXAMPLES}")
+    _check_fragment(text, kind)
     if not parts.hostname:
         raise BadInput(f"--sink {text!r}: no host; write it as {kind}://HOST:PORT/{_target_word(kind)}")
     try:
@@ -93,6 +95,17 @@ def parse_sink_url(text: str) -> SinkSpec:
 
 def _target_word(kind: str) -> str:
     return {"mqtt": "TOPIC", "redis": "STREAM", "nats": "SUBJECT"}[kind]
+
+
+def _check_fragment(text: str, kind: str) -> None:
+    """A '#' starts a URL fragment, which urlsplit cuts off without a word: `mqtt://h/a/#` would publish to `a/`."""
+    if "#" not in text:
+        return
+    rest = text.split("://", 1)[-1]
+    if kind == "mqtt" and "/" in rest and rest.index("#") > rest.index("/"):  # in the topic: the wildcard
+        raise BadInput(f"--sink {text!r}: MQTT wildcards (+, #) are for subscribing; publish to a plain topic")
+    raise BadInput(f"--sink {text!r}: '#' starts a URL fragment, which would be dropped; write a '#' in a "
+                   f"{_target_word(kind).lower()}, user or password as %23")
 
 
 def _check_target(text: str, kind: str, target: str) -> None:
@@ -431,15 +444,28 @@ class NatsPublisher:
 
     async def _connect(self) -> None:
         import nats
+        from nats.errors import NoServersError
         from nats.js.errors import NotFoundError
 
-        async def quiet(*_: Any) -> None:  # nats-py logs every error by default; the sink counts them instead
+        errors: list[Exception] = []
+
+        async def keep(error: Exception) -> None:  # nats-py logs every error by default; the sink counts them instead
+            errors.append(error)
+
+        async def quiet(*_: Any) -> None:
             return None
 
-        self.nc = await nats.connect(f"nats://{self.spec.host}:{self.spec.port}", user=self.spec.username,
-                                     password=self.spec.password, connect_timeout=min(self.timeout_s, 2.0),
-                                     allow_reconnect=False, max_reconnect_attempts=0, error_cb=quiet,
-                                     disconnected_cb=quiet, closed_cb=quiet)
+        # max_reconnect_attempts=0 would make nats-py retry a refused first connection for ever (until our timeout,
+        # 6 s later, with no reason given); 1 without a wait: two quick tries, then the socket's own error.
+        try:
+            self.nc = await nats.connect(f"nats://{self.spec.host}:{self.spec.port}", user=self.spec.username,
+                                         password=self.spec.password, connect_timeout=min(self.timeout_s, 2.0),
+                                         allow_reconnect=False, max_reconnect_attempts=1, reconnect_time_wait=0,
+                                         error_cb=keep, disconnected_cb=quiet, closed_cb=quiet)
+        except NoServersError:
+            if errors:
+                raise errors[-1] from None
+            raise
         self.js = self.nc.jetstream(timeout=self.timeout_s)
         try:
             try:
@@ -502,13 +528,18 @@ class SinkStats:
     reconnects: int = 0  # connections made after the first
     lost: int = 0  # still in the outbox when close() gave up, or at discard()
     last_error: str | None = None
+    flush_s: float = 0.0  # from the start of the final flush to the end of close()
     publish: LatencyHistogram = field(default_factory=LatencyHistogram)  # taken from the outbox -> acknowledged
     delivery: LatencyHistogram = field(default_factory=LatencyHistogram)  # write() -> acknowledged
 
 
 class BrokerSink:
     """The `Sink` that publishes. write() only builds messages and queues them (microseconds); one thread per sink
-    publishes. close() flushes for up to `flush_timeout_s`, then counts what is left as lost; discard() stops at once.
+    connects at once and publishes. close() flushes for up to `flush_timeout_s` from begin_close() (so several sinks
+    flush side by side), then counts what is left as lost; discard() stops at once.
+
+    `on_problem(line)`: told in one line when a connection attempt fails (once per outage: the first failure) and
+    when one succeeds after that, so a broker that is not there is said as the run starts, not only in the summary.
 
     `source_name(id)`/`source_uri(id)`: asked per frame (sources can join a running pipeline). `zones_of(source,
     detections)`: the zone names each detection is in (object events report them; none: always []).
@@ -519,7 +550,7 @@ class BrokerSink:
                  capacity: int = 10_000, policy: str = "drop-oldest", batch: int = 100, flush_timeout_s: float = 5.0,
                  ack_timeout_s: float = 5.0, objects: ObjectEvents | None = None,
                  zones_of: Callable[[int, Detections], Sequence[Sequence[str]]] | None = None,
-                 publisher: Publisher | None = None) -> None:
+                 publisher: Publisher | None = None, on_problem: Callable[[str], None] | None = None) -> None:
         if batch < 1 or flush_timeout_s < 0 or ack_timeout_s <= 0:
             raise BadInput(f"sink {spec.url}: batch must be at least 1, timeouts positive")
         self.spec = spec
@@ -533,8 +564,13 @@ class BrokerSink:
         self._seq = 0
         self._names: dict[int, str] = {}
         self._stats = SinkStats()
+        self._last_exception: BaseException | None = None
         self._lock = threading.Lock()  # the publisher thread's counters, read by stats()
         self._closing, self._abort = threading.Event(), threading.Event()
+        self.on_problem = on_problem
+        self._failing_since: float | None = None  # the first connection failed then: said, and said when it connects
+        self._flush_started = 0.0  # perf_counter at begin_close()
+        self._deadline: float | None = None  # monotonic: the publisher stops trying then
         self._thread = threading.Thread(target=self._publish_loop, name=f"sink-{spec.kind}", daemon=True)
         self._thread.start()
 
@@ -572,16 +608,28 @@ class BrokerSink:
         no pipeline thread stays blocked on a broker that is down. Publishing and the flush at close go on."""
         self.outbox.close()
 
-    def close(self) -> None:
-        """End events for open tracks, then flush: up to flush_timeout_s, the rest counted as lost."""
+    def begin_close(self) -> None:
+        """End events for open tracks, and the final flush starts: its deadline runs from now, whenever close() is
+        called, so the run begins every sink's flush before it waits on the first."""
+        if self._deadline is not None:
+            return
         self.stop_waiting()  # the end events below must never wait for room
         if "object" in self.spec.kinds:
             for event in self.objects.finish(self._names):
                 event["name"] = self.source_name(event["source"])
                 self._queue(event)
+        self._flush_started = time.perf_counter()
+        self._deadline = time.monotonic() + self.flush_timeout_s
         self._closing.set()
-        self._thread.join(self.flush_timeout_s)
+
+    def close(self) -> None:
+        """begin_close() if not yet, then wait for the flush until its deadline; the rest is counted as lost."""
+        self.begin_close()
+        assert self._deadline is not None
+        self._thread.join(max(0.0, self._deadline - time.monotonic()))
         self._stop()
+        with self._lock:
+            self._stats.flush_s = time.perf_counter() - self._flush_started
 
     def discard(self) -> None:
         """Stop now, without flushing: whatever is queued is counted as lost."""
@@ -597,29 +645,54 @@ class BrokerSink:
     # -- the publisher thread
 
     def _publish_loop(self) -> None:
+        # Connects before the first message: a broker that is not there is known (and said) as the run starts.
         connected, ever_connected, backoff = False, False, BACKOFF_MIN_S
         try:
-            while not self._abort.is_set():
-                batch = self.outbox.take(self.batch, timeout=0.1)
-                if not batch:
-                    if self._closing.is_set():
-                        return  # flushed
-                    continue
+            while not self._abort.is_set() and not self._past_deadline():
+                if self._closing.is_set() and not len(self.outbox):
+                    return  # flushed
                 if not connected:
-                    if not self._try(self.publisher.connect):
+                    if not self._connect():
                         backoff = self._back_off(backoff)
                         continue
                     connected, backoff = True, BACKOFF_MIN_S
                     with self._lock:
                         self._stats.reconnects += ever_connected
                     ever_connected = True
-                if not self._send(batch):
+                batch = self.outbox.take(self.batch, timeout=0.1)
+                if batch and not self._send(batch):
                     connected = False
                     self._try(self.publisher.close)
                     backoff = self._back_off(backoff)
         finally:
             self.outbox.retry()  # anything in flight is not acknowledged: still ours, counted as lost
             self._try(self.publisher.close)
+
+    def _connect(self) -> bool:
+        """One connection attempt; an outage's first failure is said at once (one line), and its end too."""
+        if self._try(self.publisher.connect):
+            if self._failing_since is not None:
+                self._say(f"sink {self.spec.url}: connected after {time.monotonic() - self._failing_since:.1f} s")
+            self._failing_since = None
+            return True
+        if self._failing_since is None:  # once per outage: the first run's start, or a broker gone mid-run
+            self._failing_since = time.monotonic()
+            self._say(f"sink {self.spec.url}: cannot connect ({self._reason}); retrying, events are kept in its "
+                      f"outbox (up to {self.outbox.capacity:,}, then {self.outbox.policy})")
+        return False
+
+    def _say(self, line: str) -> None:
+        if self.on_problem is not None:
+            with contextlib.suppress(Exception):  # a closed stderr must not end the publisher (and lose the events)
+                self.on_problem(line)
+
+    @property
+    def _reason(self) -> str:
+        with self._lock:
+            return _short_reason(self._last_exception)
+
+    def _past_deadline(self) -> bool:
+        return self._deadline is not None and time.monotonic() >= self._deadline
 
     def _send(self, batch: list[Message]) -> bool:
         started = time.perf_counter()
@@ -638,6 +711,7 @@ class BrokerSink:
                 self._stats.publish.add(now - started)
                 self._stats.delivery.add(now - m.queued_at)
             if error is not None:
+                self._last_exception = error
                 self._stats.failed += 1
                 self._stats.last_error = f"{type(error).__name__}: {error}"[:200]
         return error is None
@@ -648,6 +722,7 @@ class BrokerSink:
             return True
         except Exception as e:  # a broker that is down or refuses: counted, retried after back-off
             with self._lock:
+                self._last_exception = e
                 self._stats.failed += 1
                 self._stats.last_error = f"{type(e).__name__}: {e}"[:200]
             return False
@@ -655,7 +730,8 @@ class BrokerSink:
     def _back_off(self, backoff: float) -> float:
         """The unacknowledged batch goes back to the outbox's front; wait (Ctrl-C or discard cuts it short)."""
         self.outbox.retry()
-        self._abort.wait(backoff)
+        wait = backoff if self._deadline is None else min(backoff, max(0.0, self._deadline - time.monotonic()))
+        self._abort.wait(wait)
         return min(backoff * 2, BACKOFF_MAX_S)
 
     # -- the summary
@@ -668,4 +744,17 @@ class BrokerSink:
                     "produced": s.produced, "sent": s.sent, "dropped": self.outbox.dropped, "failed": s.failed,
                     "reconnects": s.reconnects, "lost": s.lost, "queued": len(self.outbox),
                     "publish_p99_ms": round(s.publish.percentile(99) * 1e3, 3),
-                    "delivery_p99_ms": round(s.delivery.percentile(99) * 1e3, 3), "last_error": s.last_error}
+                    "delivery_p99_ms": round(s.delivery.percentile(99) * 1e3, 3), "last_error": s.last_error,
+                    "reason": _short_reason(self._last_exception) if s.last_error else None,
+                    "flush_s": round(s.flush_s, 3)}
+
+
+def _short_reason(error: BaseException | None) -> str:
+    """What a user can act on, from a client library's error: the socket's own words ("Connection refused") where
+    there are some, else the message (redis-py wraps the OSError, asyncio rewords it: the errno says it plainly)."""
+    for e in (error, getattr(error, "__cause__", None), getattr(error, "__context__", None)):
+        if isinstance(e, OSError) and e.errno:
+            return os.strerror(e.errno)
+    if error is None:
+        return "no error"
+    return (str(error) or type(error).__name__)[:120]

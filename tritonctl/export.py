@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tritonctl.errors import BadInput, ModelError
+from tritonctl.files import commit, write_text
 from tritonctl.metadata import ModelMeta, tensors_of
 from tritonctl.parity import ParityTolerance
 
@@ -300,7 +301,7 @@ def _export(s: ExportSettings, progress: Callable[[str, float], None]) -> Export
             result.parity = check_parity(staged["fp32"], staged["fp16"], s)
             progress("FP16 vs FP32 parity", time.perf_counter() - t)
         for precision in s.keep:
-            result.files[precision] = staged[precision].replace(s.out_dir / staged[precision].name)
+            result.files[precision] = commit(staged[precision], s.out_dir / staged[precision].name)
     result.meta = meta
     result.files["metadata"] = _write_sidecar(s.out_dir, meta, {k: metas[k] for k in s.keep}, result.files)
     if result.parity is not None:
@@ -330,11 +331,7 @@ def _write_sidecar(folder: Path, meta: ModelMeta, metas: dict[str, ModelMeta], f
         data = json.loads(m.to_json())
         entries[precision] = {"file": FILES[precision], "sha256": _sha256(files[precision]), "inputs": data["inputs"],
                               "outputs": data["outputs"], **m.extra.get("fp16", {})}
-    path = folder / "model.json"
-    tmp = path.with_name(".model.json.tmp")
-    tmp.write_text(json.dumps({**json.loads(meta.to_json()), "files": entries}, indent=2))
-    tmp.replace(path)
-    return path
+    return write_text(folder / "model.json", json.dumps({**json.loads(meta.to_json()), "files": entries}, indent=2))
 
 
 def _meta_for(meta: ModelMeta, model: Any, precision: str, extra: dict[str, Any] | None = None) -> ModelMeta:

@@ -16,9 +16,14 @@ EXTRAS = {
 }
 
 
+def install_hint(extra: str) -> str:
+    """An install that works: tritonctl is not on PyPI (yet), so from a checkout, or the wheel `make wheel` builds."""
+    return f"in a tritonctl checkout, pip install '.[{extra}]' (or `make setup`)"
+
+
 def require(extra: str, purpose: str) -> None:
     """Raise ToolMissing naming the extra when any of its top-level modules cannot be imported."""
     missing = [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]
     if missing:
         raise ToolMissing(f"{purpose} needs the [{extra}] extra ({', '.join(missing)} missing): "
-                          f"pip install 'tritonctl[{extra}]' (or `make setup` in a checkout)")
+                          f"{install_hint(extra)}")

@@ -62,11 +62,9 @@ class ModelMeta:
         )
 
     def write(self, folder: Path) -> Path:
-        path = folder / SIDECAR
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)
-        return path
+        from tritonctl.files import write_text
+
+        return write_text(folder / SIDECAR, self.to_json())
 
 
 def read_sidecar(path: Path) -> ModelMeta | None:

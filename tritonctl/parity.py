@@ -74,9 +74,9 @@ class ParityReport:
         return self.verdict == PASSED
 
     def write(self, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps({**asdict(self), "passed": self.passed}, indent=2))
-        tmp.replace(path)
+        from tritonctl.files import write_text
+
+        write_text(path, json.dumps({**asdict(self), "passed": self.passed}, indent=2))
 
 
 def default_photos() -> list[Path]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tritonctl.errors import ToolMissing
+from tritonctl.extras import install_hint
 
 SITE_ENV = "TRITONCTL_SITE_PACKAGES"
 
@@ -56,7 +57,7 @@ def find_local_runtime() -> LocalRuntime:
     require("local", "the local Triton runtime (serve --runtime local)")
     spec = importlib.util.find_spec("pytriton")
     if spec is None or not spec.submodule_search_locations:
-        raise ToolMissing("the local Triton runtime is not installed: pip install 'tritonctl[local]' (or `make setup`)")
+        raise ToolMissing(f"the local Triton runtime is not installed: {install_hint('local')}")
     root = Path(next(iter(spec.submodule_search_locations))) / "tritonserver"
     runtime = LocalRuntime(root)
     if not runtime.binary.is_file():

@@ -4,7 +4,8 @@
 exits or a stop signal arrives), `stop()` (which says truthfully how it went) and `record()` (what `serve` leaves in
 the state folder so that `status` and `stop` find it again). A local server is one process group whose members all
 carry its id in their environment, Triton's Python backend stubs included, and whose shared-memory regions in
-/dev/shm carry that id in their names; stopping it ends every one of them and removes the regions.
+/dev/shm carry that id in their names (`tritonctl-srv-<id>_…`); stopping it ends every one of them and removes those
+regions, never another's: clients name theirs `tritonctl-cli-<pid>_…` (client.py), which no server clean-up matches.
 """
 
 from __future__ import annotations
@@ -35,7 +36,10 @@ DEFAULT_IMAGE = "nvcr.io/nvidia/tritonserver:25.10-py3"
 CONTAINER_LABEL = "tritonctl"
 CONTAINER_REPO = "/models"
 SHM_DIR = Path("/dev/shm")
-SHM_PREFIX = "tritonctl_"  # + server id + "_": the Python backend's shm-region-prefix-name for our servers
+SHM_PREFIX = "tritonctl-srv-"  # + server id + "_": the Python backend's shm-region-prefix-name for our servers
+# Servers started before the split named their regions `tritonctl_<16 hex>_…`; clients then used `tritonctl_<pid>_…`,
+# which 16 hex digits never match (a pid has at most 7), so this finds only those servers' regions.
+_LEGACY_REGION = re.compile(r"tritonctl_([0-9a-f]{16})_")
 EXIT_TIMEOUT_S = 10  # Triton's own --exit-timeout-secs: how long it waits for in-flight requests after SIGTERM
 STUB = "triton_python_backend_stub"
 
@@ -104,6 +108,18 @@ class ServeSettings:
     @property
     def metrics_url(self) -> str:
         return f"{self.endpoint.with_port(self.metrics_port).url}/metrics"
+
+    def flags(self) -> list[str]:
+        """The `serve` flags (all but --repo and --detach) that start this server again as it is: for a note that
+        tells how to restart it."""
+        flags = [] if self.runtime == "local" else ["--runtime", self.runtime]
+        flags += [] if self.host == "127.0.0.1" else ["--host", self.host]
+        flags += ["--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
+                  "--metrics-port", str(self.metrics_port)]
+        if self.runtime == "docker":
+            flags += ([] if self.image == DEFAULT_IMAGE else ["--image", self.image]) + \
+                ([] if self.gpus == "all" else ["--gpus", self.gpus])
+        return flags
 
 
 def _check_host(host: str) -> None:
@@ -260,19 +276,34 @@ def _log_since(path: Path | None, offset: int) -> str:
 # ---------------------------------------------------------------- shared memory and orphans of local servers
 
 
+def region_server(name: str) -> str | None:
+    """The id of the server that made the /dev/shm region `name`; None for anything else (a client's region)."""
+    if name.startswith(SHM_PREFIX):
+        server_id = name[len(SHM_PREFIX):].split("_", 1)[0]
+        return server_id or None
+    m = _LEGACY_REGION.match(name)
+    return m.group(1) if m else None
+
+
 def shm_regions(server_id: str | None = None) -> list[Path]:
-    """Our servers' Python-backend regions in /dev/shm (of one server when `server_id` is given), ours to remove."""
-    prefix = SHM_PREFIX + (f"{server_id}_" if server_id else "")
+    """Our servers' Python-backend regions in /dev/shm (of one server when `server_id` is given), ours to remove;
+    never a client's."""
     found = []
     with contextlib.suppress(OSError):
         for entry in os.scandir(SHM_DIR):
+            owner = region_server(entry.name)
+            if owner is None or (server_id and owner != server_id):
+                continue
             with contextlib.suppress(OSError):  # removed meanwhile
-                if entry.name.startswith(prefix) and entry.stat(follow_symlinks=False).st_uid == os.getuid():
+                if entry.stat(follow_symlinks=False).st_uid == os.getuid():
                     found.append(Path(entry.path))
     return found
 
 
 def remove_shm(server_id: str) -> int:
+    """Remove the regions one server's processes made (by its id); 0 without an id."""
+    if not server_id:
+        return 0
     removed = 0
     for path in shm_regions(server_id):
         with contextlib.suppress(FileNotFoundError):
@@ -283,7 +314,11 @@ def remove_shm(server_id: str) -> int:
 
 def sweep_orphans() -> list[str]:
     """End what our dead servers left: stubs whose tritonserver is gone (they outlive a SIGKILLed server, each holding
-    hundreds of MB) and shared-memory regions of servers that no longer run. Returns what was removed."""
+    hundreds of MB) and shared-memory regions of servers that no longer run. Returns what was removed.
+
+    Clients' regions are never touched, not even those of a pid that looks dead: a client in a container that shares
+    this /dev/shm (`--ipc=host`) has pids we cannot see, and a client that died is cleaned up after by its own
+    multiprocessing resource tracker (tritonclient's regions are multiprocessing shared memory)."""
     regions = shm_regions()  # listed before the processes: a region created after this is never a candidate
     by_server: dict[str, list[int]] = {}
     for pid, server_id in procs.marked(procs.MARK_ENV).items():
@@ -296,8 +331,7 @@ def sweep_orphans() -> list[str]:
             removed.extend(killed)
     running = set(procs.marked(procs.MARK_ENV).values())
     for path in regions:
-        server_id = path.name[len(SHM_PREFIX):].split("_", 1)[0]
-        if server_id not in running:
+        if region_server(path.name) not in running:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
                 removed.append(str(path))
@@ -316,10 +350,16 @@ class ServerRecord:
     pid: int | None = None
     container: str | None = None
     log_file: str | None = None
-    repo: str = ""
+    repo: str = ""  # absolute (older records kept the path as typed, relative to a folder they did not record)
     metrics_url: str | None = None
     started: float = field(default_factory=time.time)
     server_id: str = ""  # the marker its processes carry in their environment, and the name of its shm regions
+    serve_flags: list[str] = field(default_factory=list)  # ServeSettings.flags(): how to start it again
+
+    @classmethod
+    def of(cls, s: ServeSettings, runtime: str, **kw: Any) -> ServerRecord:
+        """The record of a server started with `s`, its repository resolved: `stop` and `config` run elsewhere."""
+        return cls(runtime, s.url, repo=str(s.repo.resolve()), metrics_url=s.metrics_url, serve_flags=s.flags(), **kw)
 
     def path(self) -> Path:
         return state_dir() / f"server-{re.sub(r'[^A-Za-z0-9.]+', '-', self.url).strip('-')}.json"
@@ -337,6 +377,29 @@ class ServerRecord:
 
     def endpoint(self) -> Endpoint:
         return parse_endpoint(self.url)
+
+    def repo_path(self) -> Path | None:
+        """The repository it serves, absolute; None when that cannot be known (an older record kept a relative path,
+        and only a local tritonserver still running says what it resolved to)."""
+        if not self.repo or Path(self.repo).is_absolute():
+            return Path(self.repo) if self.repo else None
+        args = procs.cmdline(self.pid) if self.runtime == "local" and self.pid else []
+        if args and Path(args[0]).name == "tritonserver":
+            flag = next((a for a in args if a.startswith("--model-repository=")), "")
+            return Path(flag.split("=", 1)[1]) if flag else None
+        return None
+
+    def serves(self, repo: Path) -> bool:
+        """Whether it serves `repo` (resolved against this process's folder); False when its repository is unknown."""
+        mine = self.repo_path()
+        return mine is not None and mine.resolve() == repo.resolve()
+
+    def restart_command(self) -> str:
+        """The commands that restart this server on the same repository, ports and runtime."""
+        import shlex
+
+        serve = ["tritonctl", "serve", "--repo", str(self.repo_path() or self.repo), *self.serve_flags, "--detach"]
+        return f"tritonctl stop --url {self.url} && {shlex.join(serve)}"
 
     def members(self) -> set[int]:
         """The live processes of a local server."""
@@ -401,8 +464,7 @@ def find_records(endpoint: Endpoint | None, prune: bool = True) -> list[ServerRe
 
 def serving(repo: Path) -> list[ServerRecord]:
     """The recorded servers that load this repository (they read it at start: a model added later is not loaded)."""
-    target = repo.resolve()
-    return [r for r in records() if r.repo and Path(r.repo).resolve() == target]
+    return [r for r in records() if r.serves(repo)]
 
 
 # ---------------------------------------------------------------- local runtime
@@ -470,9 +532,8 @@ class LocalServer:
         return StopResult(ended.found, ended.seconds, ended.killed, ended.left, regions, notes, ended.exit_code)
 
     def record(self) -> ServerRecord:
-        s = self.settings
-        return ServerRecord("local", s.url, pid=self.child.pid, log_file=str(self.log_file), repo=str(s.repo),
-                            metrics_url=s.metrics_url, server_id=self.server_id, started=self.started)
+        return ServerRecord.of(self.settings, "local", pid=self.child.pid, log_file=str(self.log_file),
+                               server_id=self.server_id, started=self.started)
 
 
 def start_local(s: ServeSettings) -> LocalServer:
@@ -834,9 +895,7 @@ class DockerServer:
         return result
 
     def record(self) -> ServerRecord:
-        s = self.settings
-        return ServerRecord("docker", s.url, container=str(self.container.name), repo=str(s.repo),
-                            metrics_url=s.metrics_url, started=self.started)
+        return ServerRecord.of(self.settings, "docker", container=str(self.container.name), started=self.started)
 
 
 def _check_image(client: Any, image: str) -> None:

@@ -1,6 +1,8 @@
 """Where detections go: an annotated video per video source, a folder of annotated images per image source, JSON
 Lines, a window. Each file is written under a temporary name and moved into place when it is complete (images: one by
 one; videos and JSON Lines: when the run ends, normally, on Ctrl-C or on an error), so a finished name is never partial.
+JSON Lines to `-`, a FIFO or a device are written through as they come (files.py: nothing but a regular file is ever
+replaced).
 
 JSON Lines schema (one line per inferred frame; in frame order within a source, sources interleaved in no set order):
   {"source": 0, "uri": "video.mp4", "frame": 12, "timestamp": 0.4,
@@ -25,12 +27,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from tritonctl.detections import Detections
 from tritonctl.errors import BadInput
+from tritonctl.files import LinesFile, commit, partial_path
 from tritonctl.video import IMAGE_SUFFIXES, SourceSpec
 
 if TYPE_CHECKING:
@@ -52,11 +55,6 @@ _PALETTE = np.array([[56, 56, 255], [151, 157, 255], [31, 112, 255], [29, 178, 2
 
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".avi", ".mkv")  # containers OpenCV writes here (mp4v or MJPG)
-
-
-def partial_path(path: Path) -> Path:
-    """Where a file is written until it is complete."""
-    return path.with_name(f".{path.stem}.partial{path.suffix}")
 
 
 def output_targets(path: Path, sources: list[SourceSpec]) -> dict[int, Path]:
@@ -100,9 +98,9 @@ def class_name(names: dict[int, str], cls: int) -> str:
 class JsonlSink:
     def __init__(self, path: Path, uri_of: Callable[[int], str]) -> None:
         """`uri_of(source)`: its uri, asked per line (sources can join a running pipeline)."""
-        self.path, self.tmp = path, partial_path(path)
+        self.path = path
         self.uri_of = uri_of
-        self.file: IO[str] = open(self.tmp, "w")  # noqa: SIM115 - closed in close(), also on Ctrl-C
+        self.file = LinesFile(path)  # `-`, a FIFO or a device: written through; a file: renamed into place at close
         self.lines = 0
 
     def write(self, result: Result, info: ModelInfo) -> None:
@@ -126,11 +124,9 @@ class JsonlSink:
 
     def close(self) -> None:
         self.file.close()
-        os.replace(self.tmp, self.path)
 
     def discard(self) -> None:
-        self.file.close()
-        self.tmp.unlink(missing_ok=True)
+        self.file.discard()
 
 
 def fps_label(fps: float | None) -> str | None:
@@ -208,6 +204,7 @@ class VideoSink:
             h, w = image.shape[:2]
             target = self.targets[sid]
             fourcc = cv2.VideoWriter.fourcc(*("mp4v" if target.suffix.lower() in (".mp4", ".m4v", ".mov") else "MJPG"))
+            partial_path(target).parent.mkdir(parents=True, exist_ok=True)  # as every output makes its folder
             writer = cv2.VideoWriter(str(partial_path(target)), fourcc, self.fps(sid), (w, h))
             if not writer.isOpened():
                 raise BadInput(f"OpenCV cannot write video {target}: name a {'/'.join(VIDEO_SUFFIXES)} file "
@@ -224,7 +221,7 @@ class VideoSink:
     def close(self) -> None:
         for sid, writer in self.writers.items():
             writer.release()
-            os.replace(partial_path(self.targets[sid]), self.targets[sid])
+            commit(partial_path(self.targets[sid]), self.targets[sid])
 
     def discard(self) -> None:
         for sid, writer in self.writers.items():
@@ -256,7 +253,7 @@ class ImageSink:
         tmp = partial_path(dest)
         if not cv2.imwrite(str(tmp), draw(frame.image, result.detections, info.names)):
             raise BadInput(f"OpenCV cannot write image {dest}: is the folder writable and the disk not full?")
-        os.replace(tmp, dest)
+        commit(tmp, dest)
         self.frames[frame.source] += 1
 
     def written(self) -> list[tuple[Path, int]]:

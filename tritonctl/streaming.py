@@ -10,6 +10,7 @@ run goes on (a reloaded pipeline file).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -74,7 +75,8 @@ class RunStats:
     that cannot be decoded). The readers hold skipped and failed, the queues dropped, this object the rest."""
 
     started: float = field(default_factory=time.perf_counter)
-    finished: float = 0.0
+    finished: float = 0.0  # the last frame was through; closing the outputs (the brokers' final flush) comes after
+    closed: float = 0.0  # every output closed
     inferred: dict[int, int] = field(default_factory=dict)
     interrupted: dict[int, int] = field(default_factory=dict)
     stages: dict[str, LatencyHistogram] = field(default_factory=lambda: {k: LatencyHistogram() for k in STAGES})
@@ -616,12 +618,16 @@ class Detection:
         for item in self._pending.values():  # numbered, never emitted: an older one's sink failed
             self.stats.count_interrupted(item.frame.source)
         self._pending.clear()
+        self.stats.finished = time.perf_counter()  # the fps ends here: the flush below is the brokers' wait, not ours
+        for broker in self.brokers:  # every flush deadline starts now: they run side by side, not one after another
+            with contextlib.suppress(Exception):  # its close() below fails the same way, and is reported there
+                broker.begin_close()
         for sid, src in self.sources.items():
             if src.state == "running":
                 src.state = "stopped" if sid in self._cut_short else ("failed" if src.reader.stats.error else "ended")
                 self._close_sinks(src.sinks)
         self._close_sinks(self.sinks)
-        self.stats.finished = time.perf_counter()
+        self.stats.closed = time.perf_counter()
 
     def _close_sinks(self, sinks: list[Sink]) -> None:
         """Finish every file, even when one sink fails to (the first failure is raised after the others closed)."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tritonctl.errors import ServerError, TritonctlError
+from tritonctl.errors import EventsUndelivered, ServerError, TritonctlError
 from tritonctl.metrics import LatencyHistogram
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ class SourceSummary:
     latency_ms: dict[str, float]  # end to end, frame decoded -> result written: p50, p95, p99, mean
     tracks: int | None = None  # --track: distinct tracks seen
     geometry: dict[str, Any] | None = None  # zones (current, max per class) and lines (in, out per class) so far
+    cause: str = ""  # `error` in a few words, for the table ("RTSP 404 Not Found"); the CLI prints the error whole
 
     def count(self, name: str) -> int:
         return int(getattr(self, name))
@@ -69,7 +70,7 @@ class RunSummary:
     concurrency: int
     batch: int
     batch_timeout_ms: float
-    wall_s: float
+    wall_s: float  # start to the last frame through; closing the outputs after it is closing_s
     fps: float
     frames: dict[str, int]  # FRAME_COUNTS over all sources
     sources: list[SourceSummary]
@@ -85,6 +86,7 @@ class RunSummary:
     written: list[Written]
     ended_by: str = "end of sources"
     interrupted_by: str | None = None
+    closing_s: float = 0.0  # closing the outputs after the last frame: mostly the brokers' final flush (not in fps)
     extra: dict[str, Any] = field(default_factory=dict)  # figures a caller adds (kept in the JSON)
 
     def to_json(self) -> dict[str, Any]:
@@ -128,7 +130,25 @@ def source_summary(run: Detection, src: SourceRun, now: float) -> SourceSummary:
         first_frame_s=rs.first_frame_at - src.added_at if rs.first_frame_at else None,
         latency_ms=percentiles(st.source_latency.get(sid)),
         tracks=len(run.track_ids.get(sid, ())) if run.settings.track is not None else None,
-        geometry=run.geometry_totals(sid))
+        geometry=run.geometry_totals(sid), cause=rs.cause)
+
+
+ERROR_CELL = 24  # characters of a source's error in the table: more would squeeze the other columns, or wrap
+
+
+def error_cell(row: SourceSummary) -> str:
+    """The table's error cell: short, on the row's one line. The whole error is printed once, after the tables."""
+    text = row.cause or row.error
+    return text if len(text) <= ERROR_CELL else text[:ERROR_CELL - 1] + "…"
+
+
+def progress_text(run: Detection, src: SourceRun, elapsed_s: float) -> str:
+    """The last column of a source's progress row: a live source's trouble while it has some ("cannot open (RTSP 404
+    Not Found), retrying 2/5"), its frame rate otherwise. Rich markup: escaped."""
+    from rich.markup import escape
+
+    note = src.reader.note()
+    return escape(note) if note else f"{run.stats.inferred.get(src.spec.id, 0) / elapsed_s:.1f} fps"
 
 
 def summarize(run: Detection, signal_name: str | None = None) -> RunSummary:
@@ -147,26 +167,43 @@ def summarize(run: Detection, signal_name: str | None = None) -> RunSummary:
         bytes_sent_per_frame=st.bytes_sent / inferred if inferred else 0.0, per_endpoint=st.per_endpoint,
         problems=unreadable + st.problems + ([f"{st.problems_dropped} more problem reports"] if st.problems_dropped else []),
         written=[Written(str(path), n) for path, n in run.written], ended_by=ended_by(run, signal_name),
-        interrupted_by=signal_name)
+        interrupted_by=signal_name, closing_s=max(0.0, st.closed - st.finished) if st.closed else 0.0)
+
+
+def undelivered(summary: RunSummary) -> EventsUndelivered | None:
+    """The run's results did not all reach a broker (--sink): one that delivered nothing, or dropped or lost messages,
+    named with its reason. The CLI exits with it (7) after the summary."""
+    what = []
+    for b in summary.extra.get("sinks") or []:
+        missing = b["dropped"] + b["lost"]
+        if not missing and (b["sent"] or not b["produced"]):
+            continue
+        counts = f"{b['dropped']} dropped, {b['lost']} lost of {b['produced']}"
+        done = "delivered nothing" if not b["sent"] else "did not deliver everything"
+        why = f"; {b.get('reason') or b['last_error']}" if b["last_error"] else ""
+        what.append(f"sink {b['sink']} {done} ({counts}{why})")
+    return EventsUndelivered("; ".join(what)) if what else None
 
 
 def render_summary(summary: RunSummary) -> None:
     from rich.markup import escape
-    from rich.table import Table
+    from rich.table import Column, Table
 
     from tritonctl.ui import console
 
     con = console()
     s = summary
+    # the error on the row's one line, cut if it must be (the CLI prints it whole after the tables)
+    error = Column("error", no_wrap=True, overflow="ellipsis")
     src = Table("source", "policy", *(k.removesuffix("_stride") for k in FRAME_COUNTS), "fps", "e2e p99 ms", "stalls",
-                "error", title=f"{s.model}: {s.frames['inferred']} frames in {s.wall_s:.1f} s = {s.fps:.1f} fps "
+                error, title=f"{s.model}: {s.frames['inferred']} frames in {s.wall_s:.1f} s = {s.fps:.1f} fps "
                 f"(concurrency {s.concurrency}, batch {s.batch}, {s.protocol}{', shared memory' if s.shared_memory else ''})",
                 caption=FRAME_COUNTS_NOTE)
     for row in s.sources:
         name = f"{row.id}: {row.uri}" if row.name == f"cam{row.id}" or not row.name else f"{row.id} {row.name}: {row.uri}"
         src.add_row(name + (" (removed)" if row.state == "removed" else ""), row.policy,
                     *(str(row.count(k)) for k in FRAME_COUNTS), f"{row.fps:.1f}",
-                    f"{row.latency_ms['p99']:.0f}" if row.latency_ms else "", str(row.stalls), row.error or "")
+                    f"{row.latency_ms['p99']:.0f}" if row.latency_ms else "", str(row.stalls), error_cell(row))
     con.print(src)
     lat = Table("stage (ms)", "p50", "p95", "p99", "mean")
     for stage, p in s.latency_ms.items():
@@ -178,10 +215,10 @@ def render_summary(summary: RunSummary) -> None:
     con.print(lat)
     sinks = s.extra.get("sinks") or []
     if sinks:
-        table = Table("broker sink", "sent", "dropped", "lost", "reconnects", "publish p99 ms")
+        table = Table("broker sink", "sent", "dropped", "lost", "reconnects", "publish p99 ms", "final flush s")
         for b in sinks:
             table.add_row(str(b["sink"]), str(b["sent"]), str(b["dropped"]), str(b["lost"]), str(b["reconnects"]),
-                          f"{b['publish_p99_ms']:.1f}")
+                          f"{b['publish_p99_ms']:.1f}", f"{b.get('flush_s', 0.0):.1f}")
         con.print(table)
     warnings = [f"retries {s.retries}, endpoints down up to {s.all_down_s:.1f} s"] if s.retries else []
     warnings += [f"{b['sink']}: {b['dropped']} dropped, {b['lost']} lost" for b in sinks if b["dropped"] or b["lost"]]

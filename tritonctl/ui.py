@@ -7,17 +7,34 @@ import shutil
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
+
+_made: weakref.WeakSet[Any] = weakref.WeakSet()
+_stdout_claimed = False
 
 
 def console(stderr: bool = False) -> Any:
     from rich.console import Console
 
+    stderr = stderr or _stdout_claimed
     stream = sys.stderr if stderr else sys.stdout
     if stream.isatty():
-        return Console(stderr=stderr)
-    return Console(stderr=stderr, width=max(140, shutil.get_terminal_size((140, 24)).columns))
+        made = Console(stderr=stderr)
+    else:
+        made = Console(stderr=stderr, width=max(140, shutil.get_terminal_size((140, 24)).columns))
+    _made.add(made)
+    return made
+
+
+def claim_stdout() -> None:
+    """Standard output carries data (`--json -`): every console, made before or after, writes to standard error, so
+    `tritonctl detect … --json - | jq` reads nothing but JSON Lines."""
+    global _stdout_claimed
+    _stdout_claimed = True
+    for made in list(_made):
+        made.stderr = True
 
 
 class LiveBars:

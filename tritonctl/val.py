@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,7 @@ from tritonctl.datasets import Dataset, Sample, load_dataset
 from tritonctl.discovery import DiscoverTarget, Discovery, first_endpoints, parse_discover
 from tritonctl.endpoint import Endpoint, parse_endpoints
 from tritonctl.errors import BadInput, ServerError, ToleranceExceeded, ToolMissing
+from tritonctl.extras import install_hint
 from tritonctl.postprocess import PostSettings, decode
 from tritonctl.preprocess import Preprocessor
 
@@ -85,6 +87,11 @@ class ValSettings:
                 raise BadInput("--reference needs a YOLO dataset yaml: Ultralytics' val does not read COCO json labels")
         if self.out_dir.exists() and not self.out_dir.is_dir():
             raise BadInput(f"--out-dir {self.out_dir} is a file: name a folder")
+        # Checked now, made at the end: a folder that cannot be made fails before the run, and a failed run leaves none.
+        above = next(p for p in (self.out_dir, *self.out_dir.parents) if p.exists())
+        if not above.is_dir() or not os.access(above, os.W_OK | os.X_OK):
+            raise BadInput(f"--out-dir {self.out_dir}: cannot make the folder ({above} is "
+                           f"{'not a folder' if not above.is_dir() else 'not writable'})")
 
 
 # ---------------------------------------------------------------- results
@@ -119,6 +126,7 @@ class ValResult:
     server: dict[str, str]
     files: list[Path] = field(default_factory=list)
     confusion: list[list[int]] = field(default_factory=list)  # [predicted + background][true + background], see below
+    notes: list[str] = field(default_factory=list)  # one line each, shown under the table (a model that predicted nothing)
 
     @property
     def images_per_s(self) -> float:
@@ -316,6 +324,9 @@ def coco_predictions(ds: Dataset, dets: dict[int, np.ndarray], class_map: dict[i
     out = []
     for image_id, det in dets.items():
         for x1, y1, x2, y2, score, cls in det.tolist():
+            if int(cls) not in class_map:  # a model without class names (end2end) was not counted up front
+                raise BadInput(f"the model predicted class {int(cls)}, --data {ds.source} has {len(ds.names)} classes: "
+                               "validate a model on data of its own classes")
             out.append({"image_id": image_id, "category_id": ds.category_ids[class_map[int(cls)]],
                         "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
                         "score": round(score, 5)})
@@ -418,49 +429,109 @@ class Reference:
 
     metrics: Metrics
     ultralytics: dict[str, float]
+    predictions: int = 0  # boxes it predicted at the val confidence: 0 scores 0 (and Ultralytics writes no predictions.json)
+    class_map: str = "index"  # how its classes were matched to the data's, as for the served model
 
 
-def reference_val(s: ValSettings, ds: Dataset, gt: dict[str, Any], paths: list[Path], imgsz: int) -> Reference:
-    """Ultralytics' val of the checkpoint on exactly these images (a .txt list), square letterbox, same decoding.
+@dataclass(frozen=True)
+class Checkpoint:
+    """--reference, loaded (and checked) before the served run, so a checkpoint that cannot be compared fails first."""
 
-    Scored by COCOeval from its predictions.json: Ultralytics' own AP (matching by IoU, its own interpolation) differs
-    from COCOeval's on the same predictions: by 0.0003 on 50 demo images, 0.0025 on 300, more than the FP32 gate."""
-    folder = (s.out_dir / "reference").resolve()
-    m, save_dir = _ultralytics_val(s, ds, paths, imgsz, folder)
-    by_name = {smp.path.name: smp.image_id for smp in ds.samples}
-    preds = json.loads((save_dir / "predictions.json").read_text())
-    for p in preds:  # Ultralytics numbers a non-COCO set's classes 1..nc and names images by their file
-        p["image_id"] = by_name[p.pop("file_name")]
-        p["category_id"] = ds.category_ids[int(p["category_id"]) - 1]
-    metrics, _ = evaluate(gt, preds, ds.names, s.post.max_det)
-    own = {"map50_95": float(m.box.map), "map50": float(m.box.map50), "map75": float(m.box.map75),
-           "precision": float(m.box.mp), "recall": float(m.box.mr)}
-    return Reference(metrics, own)
+    path: Path
+    model: Any  # ultralytics.YOLO
+    class_map: dict[int, int]  # checkpoint class -> data class
+    how: str  # "names" or "index"
 
 
-def _ultralytics_val(s: ValSettings, ds: Dataset, paths: list[Path], imgsz: int, folder: Path) -> tuple[Any, Path]:
-    import logging
+def load_reference(s: ValSettings, ds: Dataset, paths: list[Path]) -> Checkpoint:
+    """Ultralytics' own loader; a file it cannot load, another task, another class count: one line (BadInput)."""
+    assert s.reference is not None
+    from collections import Counter
 
     try:
         from ultralytics import YOLO
-        from ultralytics.utils import LOGGER
     except ImportError as exc:
-        raise ToolMissing(f"--reference needs Ultralytics ({exc}): pip install 'tritonctl[export]'") from None
+        raise ToolMissing(f"--reference needs Ultralytics ({exc}): {install_hint('export')}") from None
+    try:
+        with _quiet_ultralytics():
+            model = YOLO(str(s.reference))
+    except Exception as exc:  # Ultralytics' own reasons (truncated, not a checkpoint), several lines with emojis: the first
+        raise BadInput(f"--reference {s.reference}: Ultralytics cannot load it: {_reason(exc, s.reference)}") from None
+    if model.task != "detect":
+        raise BadInput(f"--reference {s.reference} is a {model.task} checkpoint: give the detection checkpoint (.pt) "
+                       "the served model came from")
+    names = {int(k): str(v) for k, v in model.names.items()}
+    if len(names) != len(ds.names):
+        raise BadInput(f"--reference {s.reference} has {len(names)} classes, --data {ds.source} has {len(ds.names)}: "
+                       "give the checkpoint the served model came from")
+    shared = sorted(name for name, n in Counter(p.name for p in paths).items() if n > 1)[:3]
+    if shared:  # Ultralytics names its predictions by file name only: they could not be told apart
+        raise BadInput(f"--reference: images in different folders share a file name ({', '.join(shared)}), which "
+                       "Ultralytics' predictions cannot tell apart; validate the folders one at a time")
+    class_map, how = _match_names(names, ds)
+    return Checkpoint(s.reference, model, class_map, how)
+
+
+def _reason(exc: BaseException, path: Path) -> str:
+    """The first line of an Ultralytics error, without its emoji and the path the message already names."""
+    line = next((ln for ln in str(exc).splitlines() if ln.strip()), "")
+    line = " ".join(line.replace("ERROR ❌️", "").replace(str(path), "the file").split())
+    return line if line.startswith("the file") else f"{type(exc).__name__}: {line}"
+
+
+@contextlib.contextmanager
+def _quiet_ultralytics() -> Any:
+    """Ultralytics logs progress and a summary to stdout: its errors still raise."""
+    import logging
+
+    from ultralytics.utils import LOGGER
+
+    level = LOGGER.level
+    LOGGER.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        LOGGER.setLevel(level)
+
+
+def reference_val(s: ValSettings, ckpt: Checkpoint, ds: Dataset, gt: dict[str, Any], paths: list[Path],
+                  imgsz: int) -> Reference:
+    """Ultralytics' val of the checkpoint on exactly these images (a .txt list), square letterbox, same decoding.
+
+    Scored by COCOeval from its predictions.json: Ultralytics' own AP (matching by IoU, its own interpolation) differs
+    from COCOeval's on the same predictions: by 0.0003 on 50 demo images, 0.0025 on 300, more than the FP32 gate.
+    A checkpoint that predicts nothing (untrained, weak, other classes) gets no predictions.json: it scores 0."""
+    folder = (s.out_dir / "reference").resolve()
+    m, save_dir = _ultralytics_val(s, ckpt, ds, paths, imgsz, folder)
+    chosen = set(paths)
+    by_name = {smp.path.name: smp.image_id for smp in ds.samples if smp.path in chosen}
+    file = save_dir / "predictions.json"
+    preds = json.loads(file.read_text()) if file.is_file() else []
+    for p in preds:  # Ultralytics numbers a non-COCO set's classes 1..nc and names images by their file
+        p["image_id"] = by_name[p.pop("file_name")]
+        p["category_id"] = ds.category_ids[ckpt.class_map[int(p["category_id"]) - 1]]
+    metrics, _ = evaluate(gt, preds, ds.names, s.post.max_det)
+    own = {"map50_95": float(m.box.map), "map50": float(m.box.map50), "map75": float(m.box.map75),
+           "precision": float(m.box.mp), "recall": float(m.box.mr)}
+    return Reference(metrics, own, len(preds), ckpt.how)
+
+
+def _ultralytics_val(s: ValSettings, ckpt: Checkpoint, ds: Dataset, paths: list[Path], imgsz: int,
+                     folder: Path) -> tuple[Any, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "images.txt").write_text("".join(f"{p.resolve()}\n" for p in paths))
     names = "".join(f"  {i}: {json.dumps(n)}\n" for i, n in ds.names.items())
     data = folder / "data.yaml"
     data.write_text(f"path: {folder}\ntrain: {folder / 'images.txt'}\nval: {folder / 'images.txt'}\nnames:\n{names}")
-    level = LOGGER.level
-    LOGGER.setLevel(logging.ERROR)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            m = YOLO(str(s.reference)).val(
+        with _quiet_ultralytics():
+            m = ckpt.model.val(
                 data=str(data), imgsz=imgsz, batch=16, rect=False, conf=s.post.conf, iou=s.post.iou, max_det=s.post.max_det,
                 plots=False, save_json=True, device="cpu", workers=0, verbose=False, project=str(folder), name="run",
                 exist_ok=True)
-    finally:
-        LOGGER.setLevel(level)
+    except Exception as exc:  # checked up front what we could; Ultralytics' own refusals of these images, in one line
+        raise BadInput(f"--reference {ckpt.path}: Ultralytics' val of it failed: {_reason(exc, ckpt.path)}") from None
     return m, folder / "run"
 
 
@@ -474,9 +545,14 @@ def _class_map(info: ModelInfo, ds: Dataset) -> tuple[dict[int, int], str]:
     if nc and nc != len(ds.names):
         raise BadInput(f"model {info.name!r} has {nc} classes, --data {ds.source} has {len(ds.names)}: "
                        "validate a model on data of its own classes")
-    if info.names and set(info.names.values()) == set(ds.names.values()) and len(set(ds.names.values())) == len(ds.names):
+    return _match_names(info.names, ds)
+
+
+def _match_names(names: dict[int, str], ds: Dataset) -> tuple[dict[int, int], str]:
+    """By name when the model's names are the data's (in any order, each once), else by index."""
+    if names and set(names.values()) == set(ds.names.values()) and len(set(ds.names.values())) == len(ds.names):
         by_name = {n: i for i, n in ds.names.items()}
-        return {m: by_name[n] for m, n in info.names.items()}, "names"
+        return {m: by_name[n] for m, n in names.items()}, "names"
     return {i: i for i in ds.names}, "index"
 
 
@@ -497,28 +573,54 @@ def run_val(s: ValSettings, progress: Any = None) -> ValResult:
     """Check the data and the model, infer every image through the server, evaluate, compare, write the files."""
     ds = load_dataset(s.data, s.split, s.images)
     samples = ds.samples[: s.max_images] if s.max_images else ds.samples
+    _check_labelled(ds, samples, "")
     endpoint = _first_endpoint(s)
     info = fetch_model_info(s.protocol, endpoint, s.model)
     class_map, how = _class_map(info, ds)
     server = _server_versions(s, endpoint)
+    ckpt = load_reference(s, ds, [smp.path for smp in samples]) if s.reference is not None else None
     inference = _Inference(s, info, samples)
     t0 = time.perf_counter()
     with _progress(inference, progress):
         inference.run()
     seconds = time.perf_counter() - t0
     sizes = {i: hw for i, (hw, _) in inference.results.items()}
+    _check_labelled(ds, [smp for smp in samples if smp.image_id in sizes], _decoded_note(inference.failed))
     gt = coco_ground_truth(ds, sizes)
     preds = coco_predictions(ds, {i: det for i, (_, det) in inference.results.items()}, class_map)
     served, ev = evaluate(gt, preds, ds.names, s.post.max_det)
     paths = [smp.path for smp in samples if smp.image_id in sizes]
-    reference = reference_val(s, ds, gt, paths, info.height) if s.reference is not None and paths else None
+    reference = reference_val(s, ckpt, ds, gt, paths, info.height) if ckpt is not None else None
     result = ValResult(s.model, served, reference, len(sizes), len(gt["annotations"]), sorted(inference.failed), seconds,
                        how, _settings_dict(s, ds, info, inference.batch), server)
+    result.notes = _notes(s, ds, len(preds), reference)
     if inference.discovery is not None:
         result.settings["discovery"] = {**inference.discovery.report(), "problems": inference.problems}
     result.confusion = confusion_matrix(gt, preds, ds.category_ids).tolist()
     write_outputs(s, result, preds, ev, ds.names)  # sets result.files, which val.json lists
     return result
+
+
+def _check_labelled(ds: Dataset, samples: list[Sample], why: str) -> None:
+    """mAP needs ground truth: a set (or what of it decoded) without one labelled object cannot be scored."""
+    if not samples:
+        raise BadInput(f"--data {ds.source}: no image could be read{why}: nothing to validate on")
+    if not any(len(smp.classes) for smp in samples):
+        raise BadInput(f"--data {ds.source}: its {len(samples)} image(s){why} hold no labelled object, so there is "
+                       "nothing to score against (check its labels)")
+
+
+def _decoded_note(failed: list[str]) -> str:
+    return f" ({len(failed)} did not decode, e.g. {sorted(failed)[0]})" if failed else ""
+
+
+def _notes(s: ValSettings, ds: Dataset, served_predictions: int, reference: Reference | None) -> list[str]:
+    """A model that predicted nothing scores 0: said in a line, as a 0 alone reads like a broken evaluation."""
+    why = f"no box reached conf {s.post.conf:g} (an untrained or weak model, or one of other classes?)"
+    notes = [f"served {s.model} predicted nothing on {ds.source.name}: mAP 0; {why}"] if not served_predictions else []
+    if reference is not None and not reference.predictions and s.reference is not None:
+        notes.append(f"reference {s.reference.name} predicted nothing on {ds.source.name}: mAP 0; {why}")
+    return notes
 
 
 def _settings_dict(s: ValSettings, ds: Dataset, info: ModelInfo, batch: int) -> dict[str, Any]:
@@ -679,6 +781,8 @@ def render(result: ValResult, console: Any) -> None:
     if result.failed:
         shown = ", ".join(result.failed[:5]) + (" …" if len(result.failed) > 5 else "")
         console.print(f"[yellow]{len(result.failed)} image(s) did not decode and were skipped: {escape(shown)}[/]")
+    for note in result.notes:
+        console.print(note, style="yellow", markup=False, highlight=False, soft_wrap=True)
 
 
 def _cells(served: float | None, ref: float | None, with_ref: bool) -> list[str]:

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -141,6 +142,7 @@ class SourceStats:
     stalls: int = 0
     reconnects: int = 0
     error: str = ""
+    cause: str = ""  # why a live source failed, in a few words ("RTSP 404 Not Found", "stalled"): the table's cell
     total: int | None = None  # frames expected (files), None when unknown (live)
     fps: float = 0.0
     size: tuple[int, int] = (0, 0)  # width, height
@@ -161,6 +163,8 @@ class Reader(threading.Thread):
         self.spec, self.queue, self.stop = spec, queue, stop
         self.vid_stride, self.stall_timeout_s, self.max_reconnects = vid_stride, stall_timeout_s, max_reconnects
         self.stats = SourceStats()
+        self.failures = 0  # failed reads or opens in a row (a live source): "retrying 2/5" while it is retried
+        self._failure: OpenFailure | None = None  # why the last open failed
         self._capture: Capture | None = None
         self._opened = False  # a live source that never opened gives up with "cannot open", not "stalled"
         self.streaming = threading.Event()  # set once the first frame is queued (live sources: when they started)
@@ -176,6 +180,21 @@ class Reader(threading.Thread):
         if self._capture is not None and not self.is_alive():
             self._capture.release()
             self._capture = None
+
+    def note(self) -> str:
+        """A live source's trouble in a few words, for its progress row ("" while it streams, or is not live)."""
+        if not self.spec.live or self.state in ("streaming", "ended"):
+            return ""
+        if self.state == "failed":
+            return f"failed: {self.stats.cause}" if self.stats.cause else "failed"
+        if self.failures > self.max_reconnects:
+            return "giving up"
+        tries = f"{self.failures}/{self.max_reconnects}"
+        if self.state == "stalled":
+            return f"stalled, reconnecting {tries}" + (f" ({self._failure.reason})" if self._failure else "")
+        if self.failures and self._failure is not None:
+            return f"cannot open ({self._failure.reason}), retrying {tries}"
+        return "connecting"
 
     def _describe(self, cap: Capture) -> None:
         self._opened = True
@@ -242,7 +261,7 @@ class Reader(threading.Thread):
             index += 1
 
     def _live(self) -> Iterator[tuple[int, np.ndarray | None, float, float, Path | None]]:
-        index, failures, backoff = 0, 0, 0.5
+        index, backoff = 0, 0.5
         start = time.time()
         while not self.stop.is_set():
             if self._capture is None:
@@ -250,17 +269,17 @@ class Reader(threading.Thread):
             t = time.perf_counter()
             ok, image, _ = self._capture.read(convert=not index % self.vid_stride) if self._capture else (False, None, 0)
             if ok:
-                failures, backoff = 0, 0.5
+                self.failures, backoff = 0, 0.5
                 self.state = "streaming"
                 if self.stats.size == (0, 0) and self._capture is not None:  # a stream says its size with its frames
                     self.stats.size = self._capture.size
                 yield index, image, time.time() - start, time.perf_counter() - t, None
                 index += 1
                 continue
-            failures += 1
+            self.failures += 1
             self.stats.stalls += 1
             self.state = "stalled" if self._opened else "connecting"
-            if failures > self.max_reconnects:
+            if self.failures > self.max_reconnects:
                 raise ConnectionError(self._gave_up())
             if self._capture is not None:
                 self._capture.release()
@@ -277,19 +296,118 @@ class Reader(threading.Thread):
                 cap = AvCapture(self.spec.uri, self.stall_timeout_s)
             else:
                 cap = CvCapture(self.spec, check=True, timeout_s=self.stall_timeout_s)
-        except (ConnectionError, BadInput):
+        except CannotOpen as exc:
+            self._failed_to_open(exc.failure)
             return None
+        except BadInput:  # OpenCV says only that it could not: the device node says why
+            self._failed_to_open(webcam_failure(self.spec.uri))
+            return None
+        self._failure, self.stats.cause = None, ""
         if not self._opened:
             self._describe(cap)
         return cap
 
+    def _failed_to_open(self, failure: OpenFailure) -> None:
+        self._failure = failure
+        if not self._opened:  # a source that streamed and stalls is a stall in the table, whatever its reopen says
+            self.stats.cause = failure.reason
+
     def _gave_up(self) -> str:
+        """The source's end in one line, with the protocol's own reason: the CLI prints it once, after the table."""
         tries = f"{self.max_reconnects} reconnect{'' if self.max_reconnects == 1 else 's'}"
         if self._opened:
-            return f"{self.spec.uri} stalled: no frame after {tries}"
-        if self.spec.kind == "webcam":
-            return f"cannot open webcam {self.spec.uri} (no camera at that index, or another program holds it) after {tries}"
-        return f"cannot open stream {self.spec.uri} (unreachable, or not a stream FFmpeg can read) after {tries}"
+            self.stats.cause = "stalled"
+            reopening = f"; reopening it: {self._failure}" if self._failure else ""
+            return f"{self.spec.uri} stalled: no frame after {tries}{reopening}"
+        what = "webcam" if self.spec.kind == "webcam" else "stream"
+        why = self._failure or OpenFailure("not a stream FFmpeg can read", "")
+        return f"cannot open {what} {self.spec.uri}: {why} (after {tries})"
+
+
+@dataclass(frozen=True)
+class OpenFailure:
+    """Why a live source cannot be opened: `reason` in a few words (a table cell, a progress row), `hint` what the
+    user can do about it."""
+
+    reason: str
+    hint: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.hint}" if self.hint else self.reason
+
+
+class CannotOpen(ConnectionError):
+    def __init__(self, failure: OpenFailure) -> None:
+        super().__init__(str(failure))
+        self.failure = failure
+
+
+DEFAULT_PORTS = {"rtsp": 554, "rtmp": 1935, "http": 80, "https": 443}
+
+
+def stream_failure(uri: str, exc: BaseException, took_s: float, timeout_s: float) -> OpenFailure:
+    """PyAV's error for a stream that did not open, in the protocol's own words: the 404 of a wrong path, the 401 of
+    missing credentials, nobody listening, no answer. FFmpeg says a silent server is "Invalid data" (RTSP) or an
+    "Immediate exit" (HTTP, our timeout interrupting it): the time it took tells those apart."""
+    import av.error as averr
+
+    parts = urlsplit(uri)
+    scheme = parts.scheme.upper()
+    try:
+        where = f"{parts.hostname}:{parts.port or DEFAULT_PORTS.get(parts.scheme.lower(), '')}".rstrip(":")
+    except ValueError:  # a port that is not a number
+        where = parts.netloc.rpartition("@")[2]
+    http = {averr.HTTPNotFoundError: ("404 Not Found", "the path is wrong"),
+            averr.HTTPUnauthorizedError: ("401 Unauthorized",
+                                          f"credentials are missing or wrong ({parts.scheme}://user:pass@host/…)"),
+            averr.HTTPForbiddenError: ("403 Forbidden", "the server refuses this client or these credentials")}
+    for kind, (status, hint) in http.items():
+        if isinstance(exc, kind):
+            return OpenFailure(f"{scheme} {status}", hint)
+    if isinstance(exc, (averr.HTTPClientError, averr.HTTPError)):  # other 4xx, 5xx: "Server returned 5XX Server Error reply"
+        return OpenFailure(f"{scheme} {_strerror(exc).removeprefix('Server returned ').removesuffix(' reply')}")
+    if isinstance(exc, ConnectionRefusedError):
+        return OpenFailure("connection refused", f"nothing listens at {where}")
+    if isinstance(exc, averr.ProtocolNotFoundError):
+        return OpenFailure(f"{parts.scheme or 'this'} protocol unsupported", "this FFmpeg build cannot read it")
+    errno = getattr(exc, "errno", None)
+    if isinstance(exc, TimeoutError) or took_s >= timeout_s * 0.9:
+        return OpenFailure("timed out", f"no answer from {where} within {timeout_s:g} s")
+    if errno in (101, 113):  # ENETUNREACH, EHOSTUNREACH
+        return OpenFailure("host unreachable", f"no route to {where}")
+    if errno == 5 and parts.hostname and not _resolves(parts.hostname):  # FFmpeg's EIO for a failed lookup
+        return OpenFailure("host not found", f"{parts.hostname} does not resolve")
+    if isinstance(exc, averr.InvalidDataError):
+        return OpenFailure("not a stream FFmpeg can read")
+    return OpenFailure(_strerror(exc))
+
+
+def _strerror(exc: BaseException) -> str:
+    return str(getattr(exc, "strerror", None) or exc)
+
+
+def _resolves(host: str) -> bool:
+    import socket
+
+    try:
+        socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return True
+
+
+def webcam_failure(index: str) -> OpenFailure:
+    """Why OpenCV could not open webcam `index`, from its device node (Linux): missing, not ours to read, or busy."""
+    import sys
+
+    device = Path(f"/dev/video{index}")
+    if not sys.platform.startswith("linux"):  # no device node to ask
+        return OpenFailure("will not open", f"no camera at index {index}, or another program holds it")
+    if not device.exists():
+        return OpenFailure(f"no {device}", f"no camera at index {index} ({device} does not exist)")
+    if not os.access(device, os.R_OK | os.W_OK):
+        return OpenFailure(f"{device}: permission denied", "add this user to the group that owns it (often `video`)")
+    return OpenFailure(f"{device} will not open", "another program holds it, or it is not a capture device")
 
 
 class Capture(Protocol):
@@ -331,8 +449,8 @@ class AvCapture:
     """A network stream (RTSP, RTMP, HTTP, UDP) through PyAV's FFmpeg. OpenCV's FFmpeg backend opens such streams one
     at a time across threads and takes seconds each; PyAV opens them in parallel and decodes without holding the GIL.
 
-    Raises ConnectionError when the stream cannot be opened; read() returns not-ok when it ends or stays silent for
-    `timeout_s` (a stalled camera), and the reader reconnects."""
+    Raises CannotOpen (a ConnectionError) when the stream cannot be opened, with the protocol's reason; read()
+    returns not-ok when it ends or stays silent for `timeout_s` (a stalled camera), and the reader reconnects."""
 
     def __init__(self, uri: str, timeout_s: float = 5.0) -> None:
         import av
@@ -344,13 +462,14 @@ class AvCapture:
         options = {"flags": "low_delay", "analyzeduration": "0", "probesize": "32"}
         if uri.lower().startswith("rtsp://"):
             options["rtsp_transport"] = "tcp"  # UDP loses packets under load: smeared frames, not counted drops
+        t = time.perf_counter()
         try:
             self.container = av.open(uri, options=options, timeout=(timeout_s, timeout_s))
         except (av.FFmpegError, OSError) as exc:
-            raise ConnectionError(str(exc)) from exc
+            raise CannotOpen(stream_failure(uri, exc, time.perf_counter() - t, timeout_s)) from exc
         if not self.container.streams.video:
             self.container.close()
-            raise ConnectionError(f"{uri} has no video stream")
+            raise CannotOpen(OpenFailure("no video stream", "it carries no video"))
         stream = self.container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate
         self.fps = float(rate) if rate else 0.0
