@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml $(LOCK) requirements-tracking.txt scripts/setup_tools.s
 	$(PY) $(PIP) -c $(LOCK) -e ".[export,local,events,dev]"
 	$(PY) $(PIP) --no-deps -r requirements-tracking.txt
 	bash scripts/setup_tools.sh $(VENV)
-	$(PY) -c "from tritonctl.runtime import find_local_runtime; print('local Triton:', find_local_runtime().binary)"
+	$(PY) -c "from tritonctl.serving.runtime import find_local_runtime; print('local Triton:', find_local_runtime().binary)"
 	touch $(STAMP)
 
 demo: setup

@@ -5,14 +5,14 @@ Issue 12: "client CPU per frame beyond decoding <= 1.0 ms (about 2x what perf_an
 by a benchmark that reads each process's CPU time over the streaming loop only". What runs:
 
 - the local Triton serving the demo model as `make demo` serves it (model_repository/, model `shapes`, FP32 ONNX);
-- a 1920x1080 30 fps MP4 of N frames (tritonctl.synthetic.write_video);
+- a 1920x1080 30 fps MP4 of N frames (tritonctl.vision.synthetic.write_video);
 - `tritonctl detect` on it, in a child process (HTTP, system shared memory: the default on localhost), at --batch 1
   and --batch 4. The child runs the real CLI (runpy) with one hook: cv2.VideoCapture wrapped so that its K0-th and
   K1-th decoded frame note the process's CPU time (time.process_time: user + sys, every thread, in ns). In steady
   state the reader decodes as fast as the pipeline infers (a bounded queue, the `block` policy of files), so
   CPU(K1) - CPU(K0) over K1 - K0 frames is the streaming loop's cost per frame, without start-up, imports, model
   metadata or shared-memory set-up; frames 1..K0 warm up. No internals of detect are touched;
-- decoding alone, the same way: a child that opens the same file with the same reader (tritonctl.video.open_capture,
+- decoding alone, the same way: a child that opens the same file with the same reader (tritonctl.sources.video.open_capture,
   a cv2.VideoCapture read loop) and only reads, marked at the same frames;
 - perf_analyzer (HTTP, system shared memory, concurrency 1) at -b 1 and -b 4: its CPU (os.wait4's rusage) in two
   runs of different request counts, divided by the difference of the requests the server counted (its statistics),
@@ -93,7 +93,7 @@ else:
 
 DECODE_ONLY = """
 import sys
-from tritonctl.video import open_capture, parse_sources
+from tritonctl.sources.video import open_capture, parse_sources
 cap = open_capture(parse_sources([sys.argv[1]])[0])
 while cap.read()[0]:
     pass
@@ -157,8 +157,8 @@ def decode_cpu(video: Path, k0: int, k1: int, tmp: Path) -> float:
 
 def perf_cpu(tool: str, url: str, batch: int, requests: int, tmp: Path) -> tuple[float, float]:
     """perf_analyzer's CPU and the inferences the server counted during it (requests = inferences / batch)."""
-    from tritonctl.client import server_stats
-    from tritonctl.endpoint import parse_endpoint
+    from tritonctl.core.endpoint import parse_endpoint
+    from tritonctl.inference.client import server_stats
 
     endpoint = parse_endpoint(url)
     before = server_stats("http", endpoint, MODEL)["count"]
@@ -186,8 +186,8 @@ def main() -> int:
     batches = [int(b) for b in args.batches.split(",")]
 
     from tests.conftest import free_ports
-    from tritonctl.server import ServeSettings, start_local
-    from tritonctl.synthetic import write_video
+    from tritonctl.serving.server import ServeSettings, start_local
+    from tritonctl.vision.synthetic import write_video
 
     n, k0 = args.frames, args.warmup
     k1 = n - args.warmup

@@ -35,7 +35,7 @@ def ultralytics_fps(url: str, model: str, video: Path, imgsz: int) -> tuple[floa
 
 
 def detect_summary(url: str, model: str, video: Path, shm: str = "auto", concurrency: int | None = None) -> dict:
-    from tritonctl.detect import DetectSettings, run_detect
+    from tritonctl.stream.detect import DetectSettings, run_detect
 
     return run_detect(DetectSettings.create(sources=[str(video)], urls=[url], model=model, shm=shm,
                                             concurrency=concurrency)).to_json()
@@ -50,10 +50,10 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads per instance (default: 1)")
     args = ap.parse_args()
 
-    from tritonctl.export import ExportSettings, export
-    from tritonctl.repository import ConfigSettings, write_model
-    from tritonctl.server import ServeSettings, port_free, start_local
-    from tritonctl.synthetic import write_video
+    from tritonctl.model.export import ExportSettings, export
+    from tritonctl.model.repository import ConfigSettings, write_model
+    from tritonctl.serving.server import ServeSettings, port_free, start_local
+    from tritonctl.vision.synthetic import write_video
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -97,7 +97,7 @@ def main() -> int:
 
 def perf_analyzer_best(url: str, model: str, concurrency: int) -> float | None:
     try:
-        from tritonctl.perf import find_perf_analyzer, run_sweep_point
+        from tritonctl.measure.perf import find_perf_analyzer, run_sweep_point
     except ImportError:
         return None
     tool = find_perf_analyzer(required=False)

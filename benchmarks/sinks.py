@@ -38,12 +38,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tritonctl.client import ModelInfo  # noqa: E402
-from tritonctl.detections import Detections  # noqa: E402
-from tritonctl.events import BrokerSink, parse_sink_url  # noqa: E402
-from tritonctl.metrics import LatencyHistogram  # noqa: E402
-from tritonctl.streaming import Result  # noqa: E402
-from tritonctl.video import Frame  # noqa: E402
+from tritonctl.inference.client import ModelInfo  # noqa: E402
+from tritonctl.outputs.events import BrokerSink, parse_sink_url  # noqa: E402
+from tritonctl.sources.video import Frame  # noqa: E402
+from tritonctl.stream.streaming import Result  # noqa: E402
+from tritonctl.vision.detections import Detections  # noqa: E402
+from tritonctl.vision.metrics import LatencyHistogram  # noqa: E402
 
 INFO = ModelInfo(name="shapes", input_name="images", input_dtype="FP32", height=640, width=640, output_name="output0",
                  output_shape=(7, 8400), output_dtype="FP32", max_batch=8, names={0: "circle", 1: "square", 2: "triangle"},

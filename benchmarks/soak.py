@@ -72,11 +72,11 @@ def soak(args: argparse.Namespace, work: Path) -> dict:
     from conftest import free_ports
     from onnx_models import tiny_detector
 
-    from tritonctl.detect import DetectSettings, check_server, open_sinks
-    from tritonctl.repository import ConfigSettings, write_model
-    from tritonctl.server import ServeSettings, start_local
-    from tritonctl.streaming import Detection
-    from tritonctl.summary import summarize
+    from tritonctl.model.repository import ConfigSettings, write_model
+    from tritonctl.serving.server import ServeSettings, start_local
+    from tritonctl.stream.detect import DetectSettings, check_server, open_sinks
+    from tritonctl.stream.streaming import Detection
+    from tritonctl.stream.summary import summarize
 
     write_model(ConfigSettings.create(name="tiny", model_file=tiny_detector(work / "tiny.onnx"), repo=work / "repo",
                                       max_batch=8, queue_delay_us=500))

@@ -148,7 +148,7 @@ def run_detect(env: dict[str, Any], n: int, seconds: float, warmup: float, work:
     summary_json, jsonl = work / f"detect{n}.summary.json", work / f"detect{n}.jsonl"
     argv = [str(Path(sys.executable).with_name("tritonctl")), "detect", *urls, "-m", env["model"], "--url",
             env["url"], "--summary-json", str(summary_json), "--json", str(jsonl), *env["detect_args"]]
-    from tritonctl.sinks import partial_path
+    from tritonctl.outputs.sinks import partial_path
 
     log = open(work / f"detect{n}.log", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=work)
@@ -243,10 +243,10 @@ def run_peer(env: dict[str, Any], n: int, seconds: float, warmup: float, work: P
 def setup(work: Path, max_n: int, stack: contextlib.ExitStack) -> dict[str, Any]:
     from rtsp import RtspServer
 
-    from tritonctl.export import ExportSettings, export
-    from tritonctl.repository import ConfigSettings, write_model
-    from tritonctl.server import ServeSettings, port_free, start_local
-    from tritonctl.synthetic import write_h264
+    from tritonctl.model.export import ExportSettings, export
+    from tritonctl.model.repository import ConfigSettings, write_model
+    from tritonctl.serving.server import ServeSettings, port_free, start_local
+    from tritonctl.vision.synthetic import write_h264
 
     t = time.monotonic()
     export(ExportSettings.create(model_path=ROOT / "models" / "shapes-yolov8n.pt", out_dir=work / "export"))

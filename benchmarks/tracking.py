@@ -25,8 +25,8 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tritonctl.detections import Detections  # noqa: E402
-from tritonctl.tracking import TRACKERS, make_tracker  # noqa: E402
+from tritonctl.stream.tracking import TRACKERS, make_tracker  # noqa: E402
+from tritonctl.vision.detections import Detections  # noqa: E402
 
 
 def scene(n_boxes: int, n_frames: int, seed: int = 0) -> list[Detections]:

@@ -38,7 +38,7 @@ def ultralytics_val(url: str, model: str, data: Path, imgsz: int, project: Path)
 
 def tritonctl_val(url: str, model: str, data: Path, out: Path) -> tuple[float, float, float]:
     """(seconds of the whole call, inference images/s, mAP50-95) of `tritonctl val`."""
-    from tritonctl.val import ValSettings, run_val
+    from tritonctl.measure.val import ValSettings, run_val
 
     t0 = time.perf_counter()
     result = run_val(ValSettings.create(model=model, data=data, urls=[url], out_dir=out))
@@ -50,10 +50,10 @@ def main() -> int:
     ap.add_argument("--images", type=int, default=300)
     args = ap.parse_args()
 
-    from tritonctl.export import ExportSettings, export
-    from tritonctl.repository import ConfigSettings, write_model
-    from tritonctl.server import ServeSettings, port_free, start_local
-    from tritonctl.synthetic import write_yolo_dataset
+    from tritonctl.model.export import ExportSettings, export
+    from tritonctl.model.repository import ConfigSettings, write_model
+    from tritonctl.serving.server import ServeSettings, port_free, start_local
+    from tritonctl.vision.synthetic import write_yolo_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -60,7 +60,7 @@ def ports() -> tuple[int, int, int]:
 
 
 def run() -> None:
-    from tritonctl.synthetic import write_video, write_yolo_dataset
+    from tritonctl.vision.synthetic import write_video, write_yolo_dataset
 
     os.chdir(ROOT)
     WORK.mkdir(parents=True, exist_ok=True)

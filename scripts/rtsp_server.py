@@ -5,7 +5,7 @@ Run it with Debian's python (`/usr/bin/python3`, which has `gi`), not the projec
 
     /usr/bin/python3 scripts/rtsp_server.py --port 8554 --media cam0=cam.h264 --media cam1=cam.h264
 
-Each `--media NAME=PATH` (a raw Annex-B H.264 stream, e.g. from `tritonctl.synthetic.write_h264`) is served at
+Each `--media NAME=PATH` (a raw Annex-B H.264 stream, e.g. from `tritonctl.vision.synthetic.write_h264`) is served at
 rtsp://HOST:PORT/NAME. The frames are never re-encoded: the file is split into access units once at start-up and a
 thread per served mount pushes them into an `appsrc` at the file's frame rate, wrapping from the last frame to the
 first. Every buffer is stamped with the pipeline's running time when it is pushed, so timestamps keep increasing

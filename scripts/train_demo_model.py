@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tritonctl.synthetic import CLASS_NAMES, write_yolo_dataset  # noqa: E402
+from tritonctl.vision.synthetic import CLASS_NAMES, write_yolo_dataset  # noqa: E402
 
 
 def main() -> int:

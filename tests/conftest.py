@@ -66,7 +66,7 @@ def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_repo(tmp_path_factory: pytest.TempPathFactory, tiny_onnx: Path) -> Path:
-    from tritonctl.repository import ConfigSettings, write_model
+    from tritonctl.model.repository import ConfigSettings, write_model
 
     repo = tmp_path_factory.mktemp("repo")
     write_model(ConfigSettings.create(name="tiny", model_file=tiny_onnx, repo=repo, max_batch=8, preferred_batch=(4,),
@@ -85,7 +85,7 @@ class Triton:
 @pytest.fixture(scope="session")
 def triton(tiny_repo: Path) -> Iterator[Triton]:
     """The real local Triton (bundled tritonserver, Python backend, ONNX Runtime) on free ports."""
-    from tritonctl.server import ServeSettings, start_local
+    from tritonctl.serving.server import ServeSettings, start_local
 
     http, grpc, metrics = free_ports(3)
     settings = ServeSettings.create(runtime="local", repo=tiny_repo, http_port=http, grpc_port=grpc, metrics_port=metrics,
@@ -103,7 +103,7 @@ DEMO_PT = ROOT / "models" / "shapes-yolov8n.pt"
 @pytest.fixture(scope="session")
 def demo_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The committed demo checkpoint exported once per session (FP32 and FP16 ONNX, parity checked)."""
-    from tritonctl.export import ExportSettings, export
+    from tritonctl.model.export import ExportSettings, export
 
     assert DEMO_PT.is_file(), f"{DEMO_PT} is missing: run scripts/train_demo_model.py"
     out = tmp_path_factory.mktemp("export")
@@ -115,7 +115,7 @@ def demo_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def build_demo_repo(repo: Path, export_dir: Path) -> Path:
     from onnx_models import classifier
 
-    from tritonctl.repository import ConfigSettings, write_model
+    from tritonctl.model.repository import ConfigSettings, write_model
 
     write_model(ConfigSettings.create(name="shapes", model_file=export_dir / "model_fp16.onnx", repo=repo, threads=1))
     write_model(ConfigSettings.create(name="shapes32", model_file=export_dir / "model_fp32.onnx", repo=repo, threads=1))
@@ -124,7 +124,7 @@ def build_demo_repo(repo: Path, export_dir: Path) -> Path:
 
 
 def start_server(repo: Path, ports: list[int] | None = None) -> object:
-    from tritonctl.server import ServeSettings, start_local
+    from tritonctl.serving.server import ServeSettings, start_local
 
     http, grpc, metrics = ports or free_ports(3)
     return start_local(ServeSettings.create(runtime="local", repo=repo, http_port=http, grpc_port=grpc, metrics_port=metrics))
@@ -145,7 +145,7 @@ def demo_triton(demo_repo: Path) -> Iterator[Triton]:
 
 @pytest.fixture(scope="session")
 def demo_video(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tritonctl.synthetic import write_video
+    from tritonctl.vision.synthetic import write_video
 
     path = tmp_path_factory.mktemp("video") / "shapes.mp4"
     write_video(path, n_frames=60, width=640, height=360, seed=7)
@@ -245,7 +245,7 @@ from rtsp import RtspServer  # noqa: E402
 @pytest.fixture(scope="session")
 def camera_h264(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """10 s of the demo model's shapes at 1280x720, 30 fps, an IDR every second: what the fake cameras serve."""
-    from tritonctl.synthetic import write_h264
+    from tritonctl.vision.synthetic import write_h264
 
     return write_h264(tmp_path_factory.mktemp("camera") / "camera.h264", seconds=10.0, width=1280, height=720, fps=30)
 

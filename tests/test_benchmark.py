@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import Triton, assert_one_line_error, free_ports, run_cli, start_server
 
-from tritonctl.benchmark import COLUMNS, Row, pick_best, pick_sweet_spot
-from tritonctl.repository import parse_config
+from tritonctl.measure.benchmark import COLUMNS, Row, pick_best, pick_sweet_spot
+from tritonctl.model.repository import parse_config
 
 pytestmark = pytest.mark.server
 FAST = ["--measurement-interval", "400", "--stability-percentage", "60"]
@@ -193,8 +193,8 @@ def test_gpu_columns_are_read_per_gpu(tmp_path: Path) -> None:
     """perf_analyzer writes each GPU metric as `uuid:value;` per GPU (perf_analyzer src/report_writer.cc,
     WriteGpuMetrics; header and column order from GenerateReport with --verbose-csv and --collect-metrics);
     they parsed as empty. The fixture is that format for a two-GPU server."""
-    from tritonctl.benchmark import BenchmarkResult, parse_rows, write_summary
-    from tritonctl.perf import per_gpu
+    from tritonctl.measure.benchmark import BenchmarkResult, parse_rows, write_summary
+    from tritonctl.measure.perf import per_gpu
 
     fixture = Path(__file__).parent / "fixtures" / "perf_gpu_metrics.csv"
     first, second = parse_rows(fixture, 8)
@@ -205,7 +205,7 @@ def test_gpu_columns_are_read_per_gpu(tmp_path: Path) -> None:
     assert second.values["gpu_mem_bytes"] == 3112173568 + 551550976 and first.per_gpu["gpu_mem_total_bytes"][b] == 85520809984
     assert first.p95_ms == pytest.approx(20.104) and second.infer_per_s == pytest.approx(781.402)
     assert per_gpu("") == {} and per_gpu("a:1;z:100;") == {"a": 1.0, "z": 100.0}  # report_writer's own test values
-    from tritonctl.benchmark import BenchmarkSettings
+    from tritonctl.measure.benchmark import BenchmarkSettings
 
     s = BenchmarkSettings.create(model="m", batch_sizes="8", concurrency="1:2", out_dir=tmp_path)
     write_summary(BenchmarkResult(tmp_path, [first, second], [], second, second, 16), s)
@@ -220,7 +220,7 @@ def test_gpu_columns_are_read_per_gpu(tmp_path: Path) -> None:
 def test_perf_container_shares_what_shared_memory_needs(tmp_path: Path) -> None:
     """The SDK container: system shm lives in the host's IPC namespace (--ipc=host); CUDA shm needs a GPU and the
     host's PID namespace too (the client README: CUDA IPC with --pid host across containers)."""
-    from tritonctl.perf import docker_spec
+    from tritonctl.measure.perf import docker_spec
 
     none, system, cuda = (docker_spec(["-m", "m"], tmp_path, shm) for shm in ("none", "system", "cuda"))
     assert "ipc_mode" not in none and "pid_mode" not in none and "device_requests" not in none

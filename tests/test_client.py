@@ -17,7 +17,9 @@ from conftest import Triton, free_ports
 from tritonclient.utils import InferenceServerException
 from tritonclient.utils.shared_memory import SharedMemoryException
 
-from tritonctl.client import (
+from tritonctl.core.endpoint import Endpoint, parse_endpoint
+from tritonctl.core.errors import BadInput, ModelError, ServerError, TritonctlError
+from tritonctl.inference.client import (
     REGION_PREFIX,
     InferSlot,
     ModelInfo,
@@ -30,8 +32,6 @@ from tritonctl.client import (
     served_model,
     triton_call,
 )
-from tritonctl.endpoint import Endpoint, parse_endpoint
-from tritonctl.errors import BadInput, ModelError, ServerError, TritonctlError
 
 server = pytest.mark.server
 
@@ -194,7 +194,7 @@ def test_a_server_that_cannot_map_our_memory_gets_tensors_over_the_network(trito
 def test_regions_are_named_apart_from_the_servers() -> None:
     """A local server's clean-up removes `tritonctl-srv-<id>_…` (and the `tritonctl_<16 hex>_…` of servers started
     before the split): never a client's region."""
-    from tritonctl.server import region_server
+    from tritonctl.serving.server import region_server
 
     slot_names = [f"{REGION_PREFIX}{os.getpid()}_in0", f"{REGION_PREFIX}4194304_out17", "tritonctl_4194304_in0"]
     assert [region_server(n) for n in slot_names] == [None, None, None]
@@ -252,8 +252,8 @@ def test_regions_removed_by_another_process_leave_no_warning_at_exit(triton: Tri
 
     script = f"""
 import pathlib
-from tritonctl.client import InferSlot, Upstream, fetch_model_info
-from tritonctl.endpoint import parse_endpoint
+from tritonctl.inference.client import InferSlot, Upstream, fetch_model_info
+from tritonctl.core.endpoint import parse_endpoint
 ep = parse_endpoint({triton.url!r})
 slots = [InferSlot(fetch_model_info("http", ep, "tiny"), 1, "http", use_shm=True) for _ in range(3)]
 for slot in slots:
@@ -299,7 +299,7 @@ def test_a_later_worker_failing_to_start_leaks_nothing(triton: Triton, tmp_path:
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     import cv2
 
-    from tritonctl.detect import DetectSettings, run_detect
+    from tritonctl.stream.detect import DetectSettings, run_detect
 
     cv2.imwrite(str(tmp_path / "a.png"), np.zeros((32, 32, 3), np.uint8))
     _failing_after(monkeypatch, 5)  # workers 0 and 1 get their two regions, worker 2 only one
@@ -374,7 +374,7 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\
 def test_shm_requests_are_one_constant_json_request() -> None:
     import json
 
-    from tritonctl.client import _ShmInferConnection
+    from tritonctl.inference.client import _ShmInferConnection
 
     chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{\r\n1\r\n}\r\n0\r\n\r\n"
     srv = _ScriptedServer([OK, chunked, OK])
@@ -397,7 +397,7 @@ def test_shm_requests_are_one_constant_json_request() -> None:
 
 
 def test_a_keepalive_connection_the_server_closed_is_opened_again_once() -> None:
-    from tritonctl.client import _ShmInferConnection
+    from tritonctl.inference.client import _ShmInferConnection
 
     srv = _ScriptedServer([OK, OK, OK], close_after=1)  # the server closes every connection after one answer
     conn = _ShmInferConnection(Endpoint("127.0.0.1", srv.port))
@@ -421,7 +421,7 @@ def test_a_keepalive_connection_the_server_closed_is_opened_again_once() -> None
     (b"garbage\r\n\r\n", TransientError, "garbage"),
 ])
 def test_fast_path_errors_are_classified_as_tritonclient_s(answer: bytes, kind: type, words: str) -> None:
-    from tritonctl.client import _ShmInferConnection
+    from tritonctl.inference.client import _ShmInferConnection
 
     srv = _ScriptedServer([answer])
     conn = _ShmInferConnection(Endpoint("127.0.0.1", srv.port))
@@ -436,7 +436,7 @@ def test_fast_path_errors_are_classified_as_tritonclient_s(answer: bytes, kind: 
 
 
 def test_fast_path_to_a_dead_port_is_transient() -> None:
-    from tritonctl.client import _ShmInferConnection
+    from tritonctl.inference.client import _ShmInferConnection
 
     conn = _ShmInferConnection(Endpoint("127.0.0.1", free_ports(1)[0]))
     info, inp, out = _fast_parts()

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from conftest import assert_one_line_error, run_cli
 
-from tritonctl import deploy
-from tritonctl.errors import BadInput
+from tritonctl.core.errors import BadInput
+from tritonctl.deploy import kubernetes as deploy
 
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
@@ -271,7 +271,7 @@ def test_plan_ties_go_to_the_lower_latency() -> None:
 def real_summary(tmp_path: Path) -> Path:
     """A summary.json from the benchmark's own writer over perf_analyzer's own CSV format (two-GPU fixture rows:
     batch 8, concurrency 1: 412.785 infer/s p95 20.104 ms; concurrency 2: 781.402 infer/s p95 21.497 ms)."""
-    from tritonctl.benchmark import BenchmarkResult, BenchmarkSettings, parse_rows, write_summary
+    from tritonctl.measure.benchmark import BenchmarkResult, BenchmarkSettings, parse_rows, write_summary
 
     measured = parse_rows(FIXTURE_CSV, 8)
     s = BenchmarkSettings.create(model="m", batch_sizes="8", concurrency="1:2", out_dir=tmp_path, latency_budget_ms=21.0)
@@ -334,7 +334,7 @@ def test_k8s_cli_writes_and_refuses_foreign_out(tmp_path: Path) -> None:
     args = ["deploy", "k8s", "--name", "yolo", "--model-repository", "gs://b/m", "--replicas", "2", "--out", str(out)]
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr
-    from tritonctl.server import DEFAULT_IMAGE
+    from tritonctl.serving.server import DEFAULT_IMAGE
 
     [c] = yaml.safe_load((out / "deployment.yaml").read_text())["spec"]["template"]["spec"]["containers"]
     assert c["image"] == DEFAULT_IMAGE  # the NGC image `serve --runtime docker` pins

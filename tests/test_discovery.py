@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 from conftest import free_ports, run_cli
 
-from tritonctl.client import EndpointPool, server_stats
-from tritonctl.discovery import DiscoverTarget, Discovery, DnsResolver, parse_discover, resolve_endpoints
-from tritonctl.endpoint import Endpoint
-from tritonctl.errors import BadInput, ServerError
+from tritonctl.core.endpoint import Endpoint
+from tritonctl.core.errors import BadInput, ServerError
+from tritonctl.inference.client import EndpointPool, server_stats
+from tritonctl.inference.discovery import DiscoverTarget, Discovery, DnsResolver, parse_discover, resolve_endpoints
 
 NAME = "triton-headless.default.svc.cluster.local"
 
@@ -191,7 +191,7 @@ def test_detect_refuses_discover_options_without_discover(tmp_path: Path) -> Non
 
 
 def test_benchmark_measures_the_first_replica_and_names_them_all(dns: Dns, tmp_path: Path) -> None:
-    from tritonctl.benchmark import BenchmarkSettings
+    from tritonctl.measure.benchmark import BenchmarkSettings
 
     dns.table.set(NAME, ["127.0.0.4", "127.0.0.2"])
     s = BenchmarkSettings.create(model="m", batch_sizes="1", concurrency="1", out_dir=tmp_path / "r",
@@ -244,7 +244,7 @@ class _Server(threading.Thread):
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        from tritonctl.server import ServeSettings, start_local
+        from tritonctl.serving.server import ServeSettings, start_local
 
         grpc, metrics = free_ports(2)
         try:
@@ -339,7 +339,7 @@ def _finished(proc: Any, out: Path) -> dict[str, Any]:
 @pytest.mark.server
 def test_detect_spreads_over_every_address_and_follows_pods_that_come_and_go(
         tiny_repo: Path, dns: Dns, tmp_path: Path) -> None:
-    from tritonctl.synthetic import write_video, write_yolo_dataset
+    from tritonctl.vision.synthetic import write_video, write_yolo_dataset
 
     video = tmp_path / "long.mp4"
     write_video(video, n_frames=FRAMES, width=256, height=160, seed=3)

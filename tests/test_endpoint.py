@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tritonctl.endpoint import Endpoint, parse_endpoint
-from tritonctl.errors import BadInput
+from tritonctl.core.endpoint import Endpoint, parse_endpoint
+from tritonctl.core.errors import BadInput
 
 
 @pytest.mark.parametrize(("text", "url", "local"), [

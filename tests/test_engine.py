@@ -12,8 +12,15 @@ from pathlib import Path
 import pytest
 from conftest import assert_one_line_error, run_cli
 
-from tritonctl.engine import EngineSettings, build_command, engine_container_spec, parse_summary, parse_times, timing_command
-from tritonctl.errors import BadInput
+from tritonctl.core.errors import BadInput
+from tritonctl.model.engine import (
+    EngineSettings,
+    build_command,
+    engine_container_spec,
+    parse_summary,
+    parse_times,
+    timing_command,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -123,7 +130,7 @@ def test_cli_missing_onnx(tmp_path: Path) -> None:
 
 def test_run_local_streams_and_keeps_the_log(tmp_path: Path) -> None:
     """A local trtexec's output reaches the callback line by line and the log file whole (a script stands in)."""
-    from tritonctl.engine import run_local
+    from tritonctl.model.engine import run_local
 
     fake = tmp_path / "trtexec"
     fake.write_text(f"#!/bin/sh\ncat {FIXTURES / 'trtexec_build.log'}\nexit 0\n")
@@ -182,7 +189,7 @@ def fp32_onnx(tmp_path: Path) -> Path:
 
 
 def test_tensorrt_version_is_read_from_trtexecs_own_lines() -> None:
-    from tritonctl.engine import tensorrt_version
+    from tritonctl.model.engine import tensorrt_version
 
     lines = lambda name: (FIXTURES / name).read_text().splitlines()  # noqa: E731
     assert tensorrt_version(lines("trtexec_build.log")) == "10.3.0"  # banner only: [TensorRT v100300]
@@ -224,8 +231,8 @@ def test_probe_finds_trtexec_where_it_runs(tmp_path: Path) -> None:
     import os
     import subprocess
 
-    from tritonctl.engine import PROBE_SCRIPT, parse_probe
-    from tritonctl.errors import ToolMissing
+    from tritonctl.core.errors import ToolMissing
+    from tritonctl.model.engine import PROBE_SCRIPT, parse_probe
 
     fake = fake_trtexec(tmp_path / "bin", help="trtexec_probe_trt11.txt")
     done = subprocess.run(["sh", "-c", PROBE_SCRIPT], capture_output=True, text=True,
@@ -335,7 +342,8 @@ def test_docker_build_probes_the_same_image_and_records_it(yolo_like_onnx: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     import json
 
-    from tritonctl import engine, procs
+    from tritonctl.core import procs
+    from tritonctl.model import engine
 
     docker = FakeDocker("trtexec_probe_trt11.txt", "trtexec_build_trt11.log")
     monkeypatch.setattr(procs, "docker_client", lambda: docker)
@@ -357,7 +365,7 @@ def test_docker_build_probes_the_same_image_and_records_it(yolo_like_onnx: Path,
 def _built_engine(folder: Path, onnx: Path, record: dict | None) -> Path:
     import json
 
-    from tritonctl.metadata import read_onnx
+    from tritonctl.model.metadata import read_onnx
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.plan").write_text("plan")
@@ -371,7 +379,7 @@ def _built_engine(folder: Path, onnx: Path, record: dict | None) -> Path:
 
 
 def test_time_defaults_to_where_the_engine_was_built(yolo_like_onnx: Path, tmp_path: Path) -> None:
-    from tritonctl.engine import TimingSettings
+    from tritonctl.model.engine import TimingSettings
 
     image = "nvcr.io/nvidia/tritonserver:24.08-py3"
     plan = _built_engine(tmp_path / "e", yolo_like_onnx, {"tensorrt": "10.3.0", "image": image, "runtime": "docker"})
@@ -388,7 +396,8 @@ def test_time_defaults_to_where_the_engine_was_built(yolo_like_onnx: Path, tmp_p
 
 
 def test_time_in_the_recorded_image(yolo_like_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tritonctl import engine, procs
+    from tritonctl.core import procs
+    from tritonctl.model import engine
 
     image = "nvcr.io/nvidia/tritonserver:22.09-py3"
     plan = _built_engine(tmp_path / "e", yolo_like_onnx, {"tensorrt": "8.4.3", "image": image, "runtime": "docker"})
@@ -451,7 +460,7 @@ def test_times_without_warmup_rows_lose_nothing(tmp_path: Path) -> None:
 def test_percentiles_follow_trtexec() -> None:
     """findPercentile drops int((1 - p/100) * n) of the largest in float32: of 1..100, p99 is 100 (0.99f leaves
     1 - p/100 just under 0.01), p95 is 95 and p90 is 90."""
-    from tritonctl.engine import _describe
+    from tritonctl.model.engine import _describe
 
     d = _describe([float(v) for v in range(100, 0, -1)])
     assert (d["p99"], d["p95"], d["p90"], d["median"], d["mean"]) == (100.0, 95.0, 90.0, 50.5, 50.5)

@@ -22,10 +22,9 @@ import numpy as np
 import pytest
 from conftest import Triton, free_ports
 
-from tritonctl.client import ModelInfo
-from tritonctl.detections import Detections
-from tritonctl.errors import BadInput
-from tritonctl.events import (
+from tritonctl.core.errors import BadInput
+from tritonctl.inference.client import ModelInfo
+from tritonctl.outputs.events import (
     SCHEMA,
     SCHEMA_FILE,
     BrokerSink,
@@ -35,9 +34,10 @@ from tritonctl.events import (
     frame_message,
     parse_sink_url,
 )
-from tritonctl.events import Message as OutMessage
-from tritonctl.streaming import Result
-from tritonctl.video import Frame
+from tritonctl.outputs.events import Message as OutMessage
+from tritonctl.sources.video import Frame
+from tritonctl.stream.streaming import Result
+from tritonctl.vision.detections import Detections
 
 NAMES = {0: "circle", 1: "square", 2: "triangle"}
 INFO = ModelInfo(name="shapes", input_name="images", input_dtype="FP32", height=640, width=640, output_name="output0",
@@ -523,7 +523,7 @@ def test_detect_publishes_frames_and_object_events_to_every_broker(
     frame message per frame of its JSON Lines, the same detections, and object events new -> end per track."""
     from conftest import run_cli
 
-    from tritonctl.synthetic import write_video
+    from tritonctl.vision.synthetic import write_video
 
     video = tmp_path / "v.mp4"
     write_video(video, n_frames=90, width=640, height=360, seed=7)
@@ -553,7 +553,7 @@ def test_detect_publishes_frames_and_object_events_to_every_broker(
 
 def test_pipeline_file_refuses_wildcard_topics(tmp_path: Path) -> None:
     """run.sinks goes through --sink's parser: a '#' is refused there too, naming the file."""
-    from tritonctl.pipeline import load_pipeline
+    from tritonctl.stream.pipeline import load_pipeline
 
     path = tmp_path / "p.yaml"
     path.write_text('model: m\nsources: [{uri: a.mp4}]\nrun:\n  sinks: ["mqtt://127.0.0.1/cams/#"]\n')
@@ -567,7 +567,7 @@ def test_detect_refuses_wildcard_topic(how: str, tmp_path: Path) -> None:
     """Refused before anything starts (no server needed): one line, exit 2."""
     from conftest import assert_one_line_error, run_cli
 
-    from tritonctl.synthetic import write_video
+    from tritonctl.vision.synthetic import write_video
 
     video = tmp_path / "v.mp4"
     write_video(video, n_frames=2, width=64, height=64)
@@ -656,7 +656,7 @@ def test_detect_with_unreachable_brokers(triton: Triton, tmp_path: Path) -> None
     sinks and the reason."""
     from conftest import TRITONCTL
 
-    from tritonctl.synthetic import write_video
+    from tritonctl.vision.synthetic import write_video
 
     video = tmp_path / "v.mp4"
     write_video(video, n_frames=30, width=320, height=240)

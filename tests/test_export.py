@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import DEMO_PT, run_cli
 
-from tritonctl.metadata import read_onnx
+from tritonctl.model.metadata import read_onnx
 
 pytestmark = pytest.mark.slow
 
@@ -112,7 +112,7 @@ def test_untrained_model_is_not_judged(tmp_path: Path) -> None:
 def test_check_images_folder(tmp_path: Path) -> None:
     import cv2
 
-    from tritonctl.synthetic import SceneSpec, random_scene
+    from tritonctl.vision.synthetic import SceneSpec, random_scene
 
     images = tmp_path / "images"
     images.mkdir()

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tritonctl.errors import BadInput
-from tritonctl.files import LinesFile, check_file_target, commit, partial_path, write_text
+from tritonctl.core.errors import BadInput
+from tritonctl.core.files import LinesFile, check_file_target, commit, partial_path, write_text
 
 
 def _read_fifo(path: Path, into: list[str]) -> threading.Thread:

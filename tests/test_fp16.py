@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from tritonctl.fp16 import convert, toposort
+from tritonctl.model.fp16 import convert, toposort
 
 
 def _chain(n: int = 4) -> onnx.ModelProto:

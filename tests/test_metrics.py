@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tritonctl.metrics import LatencyHistogram, average_precision, iou_matrix, match, precision_recall
+from tritonctl.vision.metrics import LatencyHistogram, average_precision, iou_matrix, match, precision_recall
 
 
 def test_iou() -> None:

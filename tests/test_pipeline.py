@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tritonctl.errors import BadInput
-from tritonctl.pipeline import Pipeline, RunConfig, SourceConfig, changes, load_pipeline
+from tritonctl.core.errors import BadInput
+from tritonctl.stream.pipeline import Pipeline, RunConfig, SourceConfig, changes, load_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "configs" / "cameras.yaml"
@@ -297,7 +297,7 @@ def test_changes_between_two_loads(tmp_path: Path) -> None:
     assert [(s.name, s.conf) for s in diff.changed] == [("a", 0.9)]
 
 
-# ---------------------------------------------------------------- zones and lines (tritonctl.zones)
+# ---------------------------------------------------------------- zones and lines (tritonctl.stream.zones)
 
 
 GEOMETRY = """\
@@ -311,7 +311,7 @@ GEOMETRY = """\
 
 
 def test_zones_and_lines_load(tmp_path: Path) -> None:
-    from tritonctl.zones import Line, Zone
+    from tritonctl.stream.zones import Line, Zone
 
     source = load_pipeline(write(tmp_path, BASE + GEOMETRY)).sources[0]
     assert source.zones == (Zone("door", ((0, 0), (10, 0), (10, 10)), "center"),)

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tritonctl.errors import BadInput, ModelError
-from tritonctl.postprocess import PostSettings, decode, decode_one, head_layout, nms
+from tritonctl.core.errors import BadInput, ModelError
+from tritonctl.vision.postprocess import PostSettings, decode, decode_one, head_layout, nms
 
 
 def _head(boxes_xywh: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -100,7 +100,7 @@ def test_cli_refuses_max_det_minus_one_in_one_line(tmp_path: Path) -> None:
 
 def _rowwise(pred: np.ndarray, s: PostSettings) -> np.ndarray:
     """The anchors decoding as first written (every candidate transposed, argmax row by row): the reference."""
-    from tritonctl.postprocess import _nms, _xywh_to_xyxy
+    from tritonctl.vision.postprocess import _nms, _xywh_to_xyxy
 
     best = pred[4:].max(0)
     rows = pred[:, np.flatnonzero(best > s.conf)].T.astype(np.float32)

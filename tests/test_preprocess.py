@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tritonctl.preprocess import Letterbox, Preprocessor
+from tritonctl.vision.preprocess import Letterbox, Preprocessor
 
 
 @pytest.mark.parametrize(("h", "w"), [(1080, 1920), (360, 640), (1, 1), (7, 2000), (2000, 7), (640, 640), (4000, 3000)])

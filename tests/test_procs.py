@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tritonctl import procs
-from tritonctl.errors import ToolMissing
+from tritonctl.core import procs
+from tritonctl.core.errors import ToolMissing
 
 # A shell that ignores SIGTERM and starts a child that ignores it too: only SIGKILL ends them.
 STUBBORN = ["sh", "-c", "trap '' TERM; echo started; sh -c \"trap '' TERM; while :; do sleep 0.1; done\" & wait"]
@@ -142,7 +142,7 @@ def test_signals_deferred_until_the_cleanup_is_done() -> None:
 def test_child_dies_with_its_parent(tmp_path: Path) -> None:
     """A parent killed by SIGKILL cannot stop its children: the kernel sends them SIGTERM for it."""
     pid_file = tmp_path / "pid"
-    parent = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom tritonctl import procs\n"
+    parent = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom tritonctl.core import procs\n"
                                f"c = procs.spawn(['sleep', '60'])\nopen({str(pid_file)!r}, 'w').write(str(c.pid))\n"
                                "time.sleep(60)"])
     try:
@@ -284,7 +284,7 @@ class FakeDocker:
 
 @pytest.mark.parametrize("case", [k for k in DOCKER_ERRORS if not k.startswith("_")])
 def test_dockers_refusals_are_one_line_that_says_what_to_do(case: str) -> None:
-    from tritonctl import errors
+    from tritonctl.core import errors
 
     mapped = procs.docker_error(api_error(case), "nvcr.io/nvidia/tritonserver:25.13-py3", "tritonctl-8000")
     assert type(mapped) is getattr(errors, DOCKER_ERRORS[case]["error"])

@@ -10,8 +10,8 @@ import pytest
 from conftest import free_ports, run_cli
 from onnx_models import tiny_detector
 
-from tritonctl.errors import BadInput
-from tritonctl.repository import ConfigSettings, parse_config, write_model
+from tritonctl.core.errors import BadInput
+from tritonctl.model.repository import ConfigSettings, parse_config, write_model
 
 VARIANTS = {
     "fp32_default": {},
@@ -24,7 +24,7 @@ VARIANTS = {
 
 @pytest.fixture(scope="module")
 def variant_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, ConfigSettings]]]:
-    from tritonctl.server import ServeSettings, start_local
+    from tritonctl.serving.server import ServeSettings, start_local
 
     base = tmp_path_factory.mktemp("variants")
     repo = base / "repo"
@@ -72,7 +72,7 @@ def test_tensorrt_plan_config(tmp_path: Path) -> None:
     """No GPU here: the plan config is parsed back from its text and checked field by field."""
     import json
 
-    from tritonctl.metadata import ModelMeta, TensorInfo
+    from tritonctl.model.metadata import ModelMeta, TensorInfo
 
     plan = tmp_path / "engine" / "model.plan"
     plan.parent.mkdir()
@@ -197,7 +197,7 @@ def test_config_into_a_served_repository_says_how_to_load(tmp_path: Path, tiny_r
 
 def _plan(folder: Path, trt_batch: list[int] | None = None, **extra: object) -> Path:
     """A stand-in model.plan with the model.json build-engine writes beside it (no TensorRT here to build one)."""
-    from tritonctl.metadata import ModelMeta, TensorInfo
+    from tritonctl.model.metadata import ModelMeta, TensorInfo
 
     folder.mkdir(parents=True, exist_ok=True)
     plan = folder / "model.plan"

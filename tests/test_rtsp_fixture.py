@@ -69,7 +69,7 @@ def test_a_late_client_of_a_shared_mount_gets_a_keyframe_within_a_gop(rtsp_serve
 
 
 def test_the_stream_goes_on_across_the_files_loop_point(tmp_path: Path) -> None:
-    from tritonctl.synthetic import write_h264
+    from tritonctl.vision.synthetic import write_h264
 
     short = write_h264(tmp_path / "short.h264", seconds=2.0, width=1280, height=720, fps=30)
     with RtspServer.start({"short": short}) as server, open_camera(server.url("short")) as container:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from tritonctl.runtime import SITE_ENV, find_local_runtime
+from tritonctl.serving.runtime import SITE_ENV, find_local_runtime
 
 
 def test_local_runtime_is_runnable() -> None:

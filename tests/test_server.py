@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from conftest import ROOT, TRITONCTL, Triton, assert_one_line_error, free_ports, run_cli
 
-from tritonctl import procs
-from tritonctl.client import REGION_PREFIX, InferSlot, Upstream, fetch_model_info
-from tritonctl.endpoint import parse_endpoint
-from tritonctl.errors import BadInput
-from tritonctl.server import (
+from tritonctl.core import procs
+from tritonctl.core.endpoint import parse_endpoint
+from tritonctl.core.errors import BadInput
+from tritonctl.inference.client import REGION_PREFIX, InferSlot, Upstream, fetch_model_info
+from tritonctl.serving.server import (
     STUB,
     DockerServer,
     ServerRecord,
@@ -35,7 +35,7 @@ from tritonctl.server import (
     start_local,
     sweep_orphans,
 )
-from tritonctl.status import summarize_stats
+from tritonctl.serving.status import summarize_stats
 
 pytestmark = pytest.mark.server
 
@@ -115,7 +115,7 @@ def test_model_that_fails_to_load(tmp_path: Path, tiny_repo: Path) -> None:
 def test_local_runtime_refuses_models_it_has_no_backend_for(tmp_path: Path, tiny_onnx: Path) -> None:
     """A config written for the NGC image (onnxruntime_onnx, a plan) cannot load on the local runtime, which has only
     the python backend: refused before anything starts, naming the model and what the local runtime runs instead."""
-    from tritonctl.repository import ConfigSettings, write_model
+    from tritonctl.model.repository import ConfigSettings, write_model
 
     repo = tmp_path / "repo"
     write_model(ConfigSettings.create(name="gpu_onnx", model_file=tiny_onnx, repo=repo, platform="onnxruntime_onnx"))
@@ -238,7 +238,7 @@ def test_container_spec(tiny_repo: Path) -> None:
 
 
 def test_gpus_validation() -> None:
-    from tritonctl.server import gpu_ids
+    from tritonctl.serving.server import gpu_ids
 
     assert gpu_ids("all") is None and gpu_ids("0, 2") == ["0", "2"]
     with pytest.raises(BadInput):
@@ -262,7 +262,7 @@ def test_diagnose_keeps_the_first_line_of_a_python_backend_error() -> None:
     log = ('E1125 21:33:03.709912 31723 model_lifecycle.cc:642] "failed to load \'shapes\' version 1: Internal: '
            'InvalidProtobuf: Load model from /r/shapes/1/model.onnx failed:Protobuf parsing failed.\\n\\nAt:\\n  '
            '/venv/onnxruntime_inference_collection.py(753): _create_inference_session\\n  '
-           '/work/tritonctl/cpu_runner.py(32): initialize\\n"\n')
+           '/work/tritonctl/model/cpu_runner.py(32): initialize\\n"\n')
     assert diagnose(log) == ("model 'shapes' (version 1) failed to load: Internal: InvalidProtobuf: Load model from "
                              "/r/shapes/1/model.onnx failed:Protobuf parsing failed.")
     quoted = 'E1125 21:33:03.709912 1 model_lifecycle.cc:642] "failed to load \'m\' version 1: Invalid argument: x"\n'
@@ -317,7 +317,7 @@ def test_foreground_serve_killed_takes_its_server_along(tiny_repo: Path) -> None
 
 def test_stop_tells_how_it_went() -> None:
     """Triton's own shutdown lines (its format, 2.51) become the words `stop` prints."""
-    from tritonctl.server import StopResult, _shutdown_notes
+    from tritonctl.serving.server import StopResult, _shutdown_notes
 
     log = ("Signal (15) received.\n"
            'I1125 20:44:16.979006 6622 http_server.cc:248] "Timeout 10: Found 12 HTTP service connections"\n'
@@ -557,7 +557,7 @@ def test_a_detect_run_keeps_its_regions_while_another_server_starts_and_stops(tr
                                                                              tmp_path: Path) -> None:
     """The issue's run: a detect with shared memory while an unrelated `serve --detach` and `stop` ran lost every
     region and ended with a `destroy …: FileNotFoundError` line per region and resource_tracker warnings."""
-    from tritonctl.synthetic import write_video
+    from tritonctl.vision.synthetic import write_video
 
     video = tmp_path / "v.mp4"
     write_video(video, n_frames=300, width=64, height=48, seed=4)
@@ -691,7 +691,7 @@ def _docker_run_kwargs(command: str) -> dict[str, object]:
 
     from docker.types import Ulimit
 
-    from tritonctl.server import gpu_request
+    from tritonctl.serving.server import gpu_request
 
     tokens = shlex.split(command)[2:]
     kw: dict[str, object] = {"ports": {}, "volumes": {}, "ulimits": []}
@@ -732,7 +732,7 @@ def _engine_request(kw: dict[str, object]) -> dict[str, object]:
 def test_container_spec_is_nvidias_documented_docker_run(tiny_repo: Path) -> None:
     """Golden spec: NVIDIA's `docker run` for Triton (fixtures/docker_triton_run.txt) against what `serve` hands the SDK.
     Deliberate differences: ports on the address asked for (loopback), the repository read-only, this user, a name."""
-    from tritonctl.server import DEFAULT_IMAGE
+    from tritonctl.serving.server import DEFAULT_IMAGE
 
     golden_line = next(ln for ln in (FIXTURES / "docker_triton_run.txt").read_text().splitlines() if ln.startswith("docker"))
     golden = _engine_request(_docker_run_kwargs(golden_line))
@@ -765,7 +765,7 @@ NVIDIA_SMI = json.loads((FIXTURES / "server_nvidia_smi.json").read_text())
 
 
 def test_nvidia_smi_output_is_read_as_nvidia_smi_writes_it() -> None:
-    from tritonctl.server import HostGpu, parse_nvidia_smi
+    from tritonctl.serving.server import HostGpu, parse_nvidia_smi
 
     assert parse_nvidia_smi(NVIDIA_SMI["h100_r580"]) == [HostGpu("580.95.05", 9.0)]
     assert parse_nvidia_smi(NVIDIA_SMI["two_rtx_r550"]) == [HostGpu("550.127.05", 8.6)] * 2
@@ -791,8 +791,8 @@ def test_nvidia_smi_output_is_read_as_nvidia_smi_writes_it() -> None:
 def test_the_image_against_the_hosts_driver_and_gpus(host: str, image: str, verdict: str, words: list[str]) -> None:
     """Figures from NVIDIA's release notes: 25.10 is CUDA 13.0.2, driver R575+ (or data-center forward compatibility),
     compute capability 7.5+."""
-    from tritonctl.errors import ServerError
-    from tritonctl.server import check_host, parse_nvidia_smi
+    from tritonctl.core.errors import ServerError
+    from tritonctl.serving.server import check_host, parse_nvidia_smi
 
     gpus = parse_nvidia_smi(NVIDIA_SMI[host])
     if verdict == "refused":
@@ -814,8 +814,8 @@ def _docker_settings(repo: Path, **kw: object) -> ServeSettings:
 
 def _gpu_repo(tmp_path: Path, gpus: tuple[int, ...] = (), **extra: object) -> Path:
     """A repository with one TensorRT plan model, as build-engine and config leave it (a stand-in plan: no TensorRT here)."""
-    from tritonctl.metadata import ModelMeta, TensorInfo
-    from tritonctl.repository import ConfigSettings, write_model
+    from tritonctl.model.metadata import ModelMeta, TensorInfo
+    from tritonctl.model.repository import ConfigSettings, write_model
 
     engine = tmp_path / "engine"
     engine.mkdir(parents=True, exist_ok=True)
@@ -840,8 +840,8 @@ def test_docker_serve_refuses_the_local_runtimes_python_backend_models(tiny_repo
 )
 def test_instance_group_gpus_are_the_containers_indexes(tmp_path: Path, flag: str, config_gpus: tuple[int, ...],
                                                         words: list[str]) -> None:
-    from tritonctl.repository import read_repository
-    from tritonctl.server import check_docker
+    from tritonctl.model.repository import read_repository
+    from tritonctl.serving.server import check_docker
 
     s = _docker_settings(_gpu_repo(tmp_path, gpus=config_gpus), gpus=flag)
     with pytest.raises(BadInput) as info:
@@ -853,8 +853,8 @@ def test_instance_group_gpus_are_the_containers_indexes(tmp_path: Path, flag: st
 
 
 def test_gpu_ids_against_all_of_the_hosts_gpus(tmp_path: Path) -> None:
-    from tritonctl.repository import read_repository
-    from tritonctl.server import check_docker, parse_nvidia_smi
+    from tritonctl.model.repository import read_repository
+    from tritonctl.serving.server import check_docker, parse_nvidia_smi
 
     s = _docker_settings(_gpu_repo(tmp_path, gpus=(1,)))  # --gpus all on a host with two GPUs: device 1 exists
     two_gpus = parse_nvidia_smi("580.95.05, 8.6\n580.95.05, 8.6\n")
@@ -875,8 +875,8 @@ def test_a_plan_built_in_another_image_is_a_warning_not_an_error(tmp_path: Path)
                               "(TensorRT 10.11.0), not in nvcr.io/nvidia/tritonserver:25.10-py3"), warning
     assert "Docker" in error and "Traceback" not in result.stderr
     same = _gpu_repo(tmp_path / "same", image="nvcr.io/nvidia/tritonserver:25.10-py3")
-    from tritonctl.repository import read_repository
-    from tritonctl.server import engine_warnings
+    from tritonctl.model.repository import read_repository
+    from tritonctl.serving.server import engine_warnings
 
     assert engine_warnings(read_repository(same), "nvcr.io/nvidia/tritonserver:25.10-py3") == []
 
@@ -884,8 +884,8 @@ def test_a_plan_built_in_another_image_is_a_warning_not_an_error(tmp_path: Path)
 def test_missing_gpu_runtime_is_one_line_and_leaves_no_container(tmp_path: Path) -> None:
     from test_procs import FakeDocker, api_error
 
-    from tritonctl.errors import ToolMissing
-    from tritonctl.server import start_docker
+    from tritonctl.core.errors import ToolMissing
+    from tritonctl.serving.server import start_docker
 
     client = FakeDocker(start_error=api_error("no_gpu_runtime"))
     with pytest.raises(ToolMissing) as info:
@@ -898,8 +898,8 @@ def test_an_image_that_is_not_here_is_one_line(tmp_path: Path) -> None:
     import docker.errors
     from test_procs import FakeDocker
 
-    from tritonctl.errors import ToolMissing
-    from tritonctl.server import start_docker
+    from tritonctl.core.errors import ToolMissing
+    from tritonctl.serving.server import start_docker
 
     client = FakeDocker(image_error=docker.errors.ImageNotFound("No such image: nvcr.io/nvidia/tritonserver:25.10-py3"))
     with pytest.raises(ToolMissing, match=r"is not on this host: `docker pull nvcr.io/nvidia/tritonserver:25.10-py3`"):
@@ -913,9 +913,9 @@ def test_trt_engine_cache_is_a_writable_mount(tmp_path: Path) -> None:
     from onnx_models import tiny_detector
     from test_procs import FakeDocker
 
-    from tritonctl.errors import ServerError
-    from tritonctl.repository import ConfigSettings, write_model
-    from tritonctl.server import start_docker
+    from tritonctl.core.errors import ServerError
+    from tritonctl.model.repository import ConfigSettings, write_model
+    from tritonctl.serving.server import start_docker
 
     repo = tmp_path / "repo"
     write_model(ConfigSettings.create(name="ort", model_file=tiny_detector(tmp_path / "m.onnx"), repo=repo,

@@ -17,9 +17,9 @@ import pytest
 from conftest import ROOT, TRITONCTL, Triton, free_ports
 from rtsp import RtspServer
 
-from tritonctl.streaming import Dispatcher
-from tritonctl.summary import FRAME_COUNTS
-from tritonctl.video import Frame, FrameQueue
+from tritonctl.sources.video import Frame, FrameQueue
+from tritonctl.stream.streaming import Dispatcher
+from tritonctl.stream.summary import FRAME_COUNTS
 
 
 def _frame(source: int, index: int = 0) -> Frame:
@@ -59,7 +59,7 @@ def test_a_batch_closes_once_every_camera_is_in_it() -> None:
 
 
 def test_the_default_batch_shares_the_cameras_over_the_requests_in_flight() -> None:
-    from tritonctl.detect import auto_batch
+    from tritonctl.stream.detect import auto_batch
 
     assert [auto_batch(n, None) for n in (0, 1, 2, 3, 4, 8, 16, 40)] == [1, 1, 1, 2, 2, 4, 8, 8]
     assert auto_batch(8, 1) == 8 and auto_batch(8, 4) == 2

@@ -9,10 +9,10 @@ import motmetrics as mm
 import numpy as np
 import pytest
 
-from tritonctl.detections import Detections
-from tritonctl.errors import BadInput
-from tritonctl.synthetic import video_frames, write_mot_ground_truth
-from tritonctl.tracking import TRACKERS, make_tracker
+from tritonctl.core.errors import BadInput
+from tritonctl.stream.tracking import TRACKERS, make_tracker
+from tritonctl.vision.detections import Detections
+from tritonctl.vision.synthetic import video_frames, write_mot_ground_truth
 
 W, H, SEED = 640, 360, 7
 N_FRAMES = 300
@@ -166,9 +166,9 @@ def demo_detections(demo_export: Path) -> list[Detections]:
     video's first N_FRAMES frames, in source pixels."""
     import onnxruntime as ort
 
-    from tritonctl.postprocess import PostSettings, decode_one, head_layout
-    from tritonctl.preprocess import Preprocessor
-    from tritonctl.synthetic import CLASS_NAMES
+    from tritonctl.vision.postprocess import PostSettings, decode_one, head_layout
+    from tritonctl.vision.preprocess import Preprocessor
+    from tritonctl.vision.synthetic import CLASS_NAMES
 
     session = ort.InferenceSession(str(demo_export / "model_fp32.onnx"), providers=["CPUExecutionProvider"])
     inp = session.get_inputs()[0]

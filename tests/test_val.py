@@ -18,7 +18,7 @@ N_IMAGES = 50  # the model's 192 px scenes: 50 images keep a --reference run nea
 
 @pytest.fixture(scope="module")
 def val_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tritonctl.synthetic import write_yolo_dataset
+    from tritonctl.vision.synthetic import write_yolo_dataset
 
     return write_yolo_dataset(tmp_path_factory.mktemp("valdata"), 0, N_IMAGES, imgsz=192, seed=123)
 
@@ -75,8 +75,8 @@ def _as_coco(data: Path, dest: Path) -> Path:
     """The same set as a COCO annotation json, category ids 1..4 (as COCO's own are not 0-based)."""
     import cv2
 
-    from tritonctl.datasets import load_yolo
-    from tritonctl.val import coco_ground_truth
+    from tritonctl.measure.datasets import load_yolo
+    from tritonctl.measure.val import coco_ground_truth
 
     ds = load_yolo(data, "val")
     sizes = {s.image_id: cv2.imread(str(s.path)).shape[:2] for s in ds.samples}
@@ -290,7 +290,7 @@ def test_reference_with_other_class_names(demo_triton: Triton, val_data: Path, t
 
 def test_plain_yaml_reader_without_pyyaml(val_data: Path) -> None:
     """The core install has no PyYAML: the fallback reader reads the dataset yamls Ultralytics writes."""
-    from tritonctl.datasets import _simple_yaml
+    from tritonctl.measure.datasets import _simple_yaml
 
     text = "# demo\npath: /data/x\ntrain: images/train  # comment\nval: images/val\nnames:\n  0: circle\n  1: 'square'\n"
     assert _simple_yaml(text, Path("d.yaml")) == {"path": "/data/x", "train": "images/train", "val": "images/val",

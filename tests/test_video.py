@@ -13,8 +13,8 @@ import pytest
 from conftest import Triton, assert_one_line_error, free_ports, run_cli
 from rtsp import RtspServer
 
-from tritonctl.errors import BadInput
-from tritonctl.video import Frame, FrameQueue, parse_sources
+from tritonctl.core.errors import BadInput
+from tritonctl.sources.video import Frame, FrameQueue, parse_sources
 
 
 class CameraServer:
@@ -67,7 +67,7 @@ class CameraServer:
 def camera() -> Iterator[CameraServer]:
     import cv2
 
-    from tritonctl.synthetic import video_frames
+    from tritonctl.vision.synthetic import video_frames
 
     frames = [cv2.imencode(".jpg", f)[1].tobytes() for f, _ in video_frames(30, 640, 360, seed=9)]
     server = CameraServer(frames)
@@ -79,7 +79,7 @@ def camera() -> Iterator[CameraServer]:
 @pytest.mark.slow
 def test_stalled_stream_is_reported_retried_and_the_run_goes_on(demo_triton: Triton, demo_video: Path,
                                                                  camera: CameraServer) -> None:
-    from tritonctl.detect import DetectSettings, run_detect
+    from tritonctl.stream.detect import DetectSettings, run_detect
 
     settings = DetectSettings.create(sources=[camera.url, str(demo_video)], urls=[demo_triton.url], model="shapes",
                                      stall_timeout_s=1.0, reconnects=2)
@@ -132,7 +132,7 @@ def test_double_star_globs_recurse(tmp_path: Path) -> None:
 
 def test_synthetic_writers_take_a_str(tmp_path: Path) -> None:
     """write_video('video.mp4', …) raised AttributeError: 'str' object has no attribute 'parent'."""
-    from tritonctl.synthetic import write_video, write_yolo_dataset
+    from tritonctl.vision.synthetic import write_video, write_yolo_dataset
 
     gt = write_video(str(tmp_path / "v.mp4"), n_frames=2, width=64, height=48)
     assert (tmp_path / "v.mp4").is_file() and gt == tmp_path / "v.mp4.gt.json"
@@ -181,7 +181,7 @@ def test_block_policy_waits_and_loses_nothing() -> None:
 
 
 def test_reader_stride_on_a_video(demo_video: Path) -> None:
-    from tritonctl.video import Reader
+    from tritonctl.sources.video import Reader
 
     [spec] = parse_sources([str(demo_video)])
     q, stop = FrameQueue(100, "block"), threading.Event()
@@ -198,7 +198,7 @@ def test_reader_stride_on_a_video(demo_video: Path) -> None:
 def test_image_frames_carry_their_file(tmp_path: Path) -> None:
     import cv2
 
-    from tritonctl.video import Reader
+    from tritonctl.sources.video import Reader
 
     for name in ("b.png", "a.png"):
         cv2.imwrite(str(tmp_path / name), np.zeros((8, 8, 3), np.uint8))
@@ -256,7 +256,7 @@ def test_a_stream_that_cannot_open_says_why_in_the_protocols_words(camera: Camer
     """Every stream that did not open was "unreachable, or not a stream FFmpeg can read", whatever FFmpeg had said."""
     import socket
 
-    from tritonctl.video import AvCapture, CannotOpen
+    from tritonctl.sources.video import AvCapture, CannotOpen
 
     def failure(uri: str) -> str:
         with pytest.raises(CannotOpen) as info:
@@ -278,7 +278,7 @@ def test_a_stream_that_cannot_open_says_why_in_the_protocols_words(camera: Camer
 def test_reader_accounts_for_every_frame_it_read(demo_video: Path, tmp_path: Path) -> None:
     """Stopped while waiting for room, the reader held a frame it had counted as read: it was lost from the summary's
     sum. It is counted interrupted now; an image that cannot be decoded is read and failed."""
-    from tritonctl.video import Reader
+    from tritonctl.sources.video import Reader
 
     [spec] = parse_sources([str(demo_video)])
     q, stop = FrameQueue(1, "block"), threading.Event()

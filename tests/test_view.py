@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from conftest import free_ports
 
-from tritonctl.detections import Detections
-from tritonctl.errors import BadInput
-from tritonctl.synthetic import CLASS_NAMES, video_frames
-from tritonctl.view import FrameBoard, ViewServer, ViewSink, parse_view_address
+from tritonctl.core.errors import BadInput
+from tritonctl.outputs.view import FrameBoard, ViewServer, ViewSink, parse_view_address
+from tritonctl.vision.detections import Detections
+from tritonctl.vision.synthetic import CLASS_NAMES, video_frames
 
 pytestmark = pytest.mark.server
 

@@ -1,4 +1,4 @@
-"""Zones and counting lines (tritonctl.zones): exact counts against the synthetic video's ground truth, and edge cases.
+"""Zones and counting lines (tritonctl.stream.zones): exact counts against the synthetic video's ground truth, and edge cases.
 
 The ground truth of `video_frames` lists each frame's boxes in a fixed order, so index = identity: those boxes,
 tracked by index, are what a perfect tracker would hand the counters. The expected counts are computed here from the
@@ -13,10 +13,8 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from tritonctl.detections import Detections
-from tritonctl.errors import BadInput
-from tritonctl.synthetic import video_frames
-from tritonctl.zones import (
+from tritonctl.core.errors import BadInput
+from tritonctl.stream.zones import (
     Anchor,
     GeometryState,
     Line,
@@ -27,6 +25,8 @@ from tritonctl.zones import (
     anchor_points,
     points_in_polygon,
 )
+from tritonctl.vision.detections import Detections
+from tritonctl.vision.synthetic import video_frames
 
 W, H = 640, 360
 

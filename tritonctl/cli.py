@@ -20,8 +20,8 @@ from typing import Any, TypeVar
 
 import typer
 
-from tritonctl.errors import TritonctlError
-from tritonctl.ui import console
+from tritonctl.core.errors import TritonctlError
+from tritonctl.core.ui import console
 
 app = typer.Typer(
     help="From a YOLO checkpoint to real-time object detection on NVIDIA Triton Inference Server.",
@@ -110,7 +110,7 @@ def main_options(
 
 
 def _int_list(text: str, flag: str) -> tuple[int, ...]:
-    from tritonctl.errors import BadInput
+    from tritonctl.core.errors import BadInput
 
     try:
         values = tuple(int(v) for v in text.split(",") if v.strip())
@@ -145,8 +145,9 @@ def serve(
     """Launch Triton on a model repository and wait until it is ready; in the foreground until Ctrl-C or SIGTERM."""
     from rich.markup import escape
 
-    from tritonctl import procs, server
-    from tritonctl.errors import ServerError
+    from tritonctl.core import procs
+    from tritonctl.core.errors import ServerError
+    from tritonctl.serving import server
 
     s = server.ServeSettings.create(
         runtime=runtime, repo=repo, host=host, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port,
@@ -184,9 +185,9 @@ def serve(
 def _report_ready(s: Any, running: Any, seconds: float) -> None:
     from rich.markup import escape
 
-    from tritonctl.client import server_status
-    from tritonctl.endpoint import parse_endpoint
-    from tritonctl.status import render
+    from tritonctl.core.endpoint import parse_endpoint
+    from tritonctl.inference.client import server_status
+    from tritonctl.serving.status import render
 
     log_path = getattr(running, "log_file", None)
     out.print(f"[green]ready[/] in {seconds:.1f} s: http {s.url}, grpc {s.grpc_url}, metrics {s.metrics_url}"
@@ -213,10 +214,10 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="print a JSON list (one object per server) for scripts"),
 ) -> None:
     """Health, version and the model table of a running Triton."""
-    from tritonctl import server
-    from tritonctl.endpoint import parse_endpoint
-    from tritonctl.errors import ServerError
-    from tritonctl.status import render
+    from tritonctl.core.endpoint import parse_endpoint
+    from tritonctl.core.errors import ServerError
+    from tritonctl.serving import server
+    from tritonctl.serving.status import render
 
     if not url:
         _say_forgotten(server.forget_dead())
@@ -247,9 +248,9 @@ def _say_forgotten(records: list[Any]) -> None:
 
 def _query_all(urls: list[str]) -> tuple[list[Any], dict[str, str]]:
     """Each server's status, and for those that do not answer, the reason."""
-    from tritonctl.client import server_status
-    from tritonctl.endpoint import parse_endpoint
-    from tritonctl.errors import ServerError
+    from tritonctl.core.endpoint import parse_endpoint
+    from tritonctl.core.errors import ServerError
+    from tritonctl.inference.client import server_status
 
     results, errors = [], {}
     for u in urls:
@@ -271,9 +272,9 @@ def stop(
 ) -> None:
     """Stop what `tritonctl serve` started: gracefully, then firmly after --timeout; its Python backend processes
     and shared memory included."""
-    from tritonctl import server
-    from tritonctl.endpoint import parse_endpoint
-    from tritonctl.errors import BadInput, ServerError
+    from tritonctl.core.endpoint import parse_endpoint
+    from tritonctl.core.errors import BadInput, ServerError
+    from tritonctl.serving import server
 
     if timeout < 0:
         raise BadInput(f"--timeout {timeout}: give the seconds to wait before SIGKILL (0 or more)")
@@ -325,9 +326,9 @@ def export(
     strict: bool = typer.Option(False, "--strict", help="too few detections to judge parity is an error"),
 ) -> None:
     """Export a YOLO .pt to FP32 and FP16 ONNX (dynamic batch), with metadata and an FP16 parity report."""
-    from tritonctl import export as ex
-    from tritonctl.errors import ToleranceExceeded
-    from tritonctl.parity import NOT_JUDGED, ParityTolerance
+    from tritonctl.core.errors import ToleranceExceeded
+    from tritonctl.model import export as ex
+    from tritonctl.model.parity import NOT_JUDGED, ParityTolerance
 
     settings = ex.ExportSettings.create(
         model_path=model_path, out_dir=out_dir, imgsz=imgsz, opset=opset, simplify=simplify, dynamic=not static,
@@ -340,7 +341,7 @@ def export(
 
         result = ex.export(settings, progress)
     if result.parity is not None:
-        from tritonctl.parity import render
+        from tritonctl.model.parity import render
 
         render(result.parity)
     for kind, path in result.files.items():
@@ -381,7 +382,7 @@ def build_engine(
     batch: int = typer.Option(8, help="batch for --time"),
 ) -> None:
     """Compile an ONNX export into a dynamic-batch TensorRT engine with trtexec (or time one with --time)."""
-    from tritonctl import engine as eng
+    from tritonctl.model import engine as eng
 
     if time_engine is not None:
         _time_engine(eng.TimingSettings.create(time_engine, out_dir, batch, runtime, image, gpus))
@@ -397,7 +398,7 @@ def build_engine(
 
 
 def _time_engine(t: Any) -> None:
-    from tritonctl import engine as eng
+    from tritonctl.model import engine as eng
 
     with err.status("trtexec: timing …") as spinner:
         result = eng.time_engine(t, lambda line: spinner.update(f"trtexec: {line[-100:]}"))
@@ -479,8 +480,8 @@ def detect(
 ) -> None:
     """Stream sources through a detection model on Triton: pipelined, batched across cameras, in order; annotated video,
     JSON Lines, a live view."""
-    from tritonctl import detect as det
-    from tritonctl.summary import render_summary
+    from tritonctl.stream import detect as det
+    from tritonctl.stream.summary import render_summary
 
     flags = {"model": model, "protocol": protocol, "shm": shm, "concurrency": concurrency, "batch": batch,
              "batch_timeout_s": batch_timeout_ms / 1000 if batch_timeout_ms is not None else None, "realtime": realtime,
@@ -493,7 +494,7 @@ def detect(
              "discover_interval_s": discover_interval}
     settings = det.settings_from_flags(config, sources or [], flags)
     if settings.writes_stdout():
-        from tritonctl.ui import claim_stdout
+        from tritonctl.core.ui import claim_stdout
 
         claim_stdout()
     outcome = det.execute(settings, progress=out)
@@ -507,10 +508,10 @@ def detect(
         raise outcome.error
     failed = [s for s in summary.sources if s.error]
     if failed:
-        from tritonctl.errors import TritonctlError
+        from tritonctl.core.errors import TritonctlError
 
         raise TritonctlError("; ".join(f"source {s.id} ({s.uri}): {s.error}" for s in failed))
-    from tritonctl.summary import undelivered
+    from tritonctl.stream.summary import undelivered
 
     if (lost := undelivered(summary)) is not None:  # events a broker never got: exit 7, even after Ctrl-C
         raise lost
@@ -546,9 +547,9 @@ def benchmark(
     discover_dns: str | None = typer.Option(None, help=DISCOVER_DNS_HELP),
 ) -> None:
     """Sweep batch sizes (and concurrency) with perf_analyzer; CSVs, summary, best setting, plot; --apply it."""
-    from tritonctl import benchmark as bm
-    from tritonctl import perf
-    from tritonctl.errors import BadInput
+    from tritonctl.core.errors import BadInput
+    from tritonctl.measure import benchmark as bm
+    from tritonctl.measure import perf
 
     if doctor:
         _doctor(perf)
@@ -601,8 +602,8 @@ def _doctor(perf: Any) -> None:
 def _sweep(bm: Any, prepared: Any, tool: Any) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from tritonctl.benchmark import concurrency_range
-    from tritonctl.perf import live_figure
+    from tritonctl.measure.benchmark import concurrency_range
+    from tritonctl.measure.perf import live_figure
 
     searched = concurrency_range(prepared.settings)
     # A progress bar is for a terminal: elsewhere (CI logs, pipes) Rich would leave its last frame as a stray line.
@@ -629,7 +630,7 @@ def _sweep(bm: Any, prepared: Any, tool: Any) -> Any:
 def _show_benchmark(result: Any, s: Any) -> None:
     from rich.table import Table
 
-    from tritonctl.benchmark import explain
+    from tritonctl.measure.benchmark import explain
 
     if result.skipped:
         out.print(f"[yellow]skipped batch sizes {result.skipped}: above the model's max batch {result.max_batch}[/]")
@@ -687,8 +688,8 @@ def val(
 ) -> None:
     """Accuracy of the model as served (mAP50-95, mAP50, mAP75, per class, P/R) by the COCO evaluator, optionally
     next to the checkpoint's own Ultralytics val; a gate for deployment pipelines."""
-    from tritonctl import val as v
-    from tritonctl.postprocess import PostSettings
+    from tritonctl.measure import val as v
+    from tritonctl.vision.postprocess import PostSettings
 
     settings = v.ValSettings.create(
         model=model, data=data, urls=url, out_dir=out_dir, protocol=protocol, shm=shm, split=split, images=images,
@@ -731,8 +732,8 @@ def config(
     """Write config.pbtxt, the model file and labels.txt into a Triton model repository."""
     from rich.markup import escape
 
-    from tritonctl.repository import ConfigSettings, write_model
-    from tritonctl.server import serving
+    from tritonctl.model.repository import ConfigSettings, write_model
+    from tritonctl.serving.server import serving
 
     settings = ConfigSettings.create(
         name=name, model_file=model, repo=repo, platform=platform, kind=kind, max_batch=max_batch,
@@ -768,7 +769,7 @@ def deploy_plan(
 ) -> None:
     """Replicas (and GPUs) a load needs: streams x fps x (1 + headroom) over the best measured infer/s within the
     p95 budget. Arithmetic on the benchmark's measurements only."""
-    from tritonctl import deploy
+    from tritonctl.deploy import kubernetes as deploy
 
     rows, measured_budget = deploy.load_summary(summary)
     budget = latency_budget_ms if latency_budget_ms is not None else measured_budget
@@ -818,8 +819,8 @@ def deploy_k8s(
 ) -> None:
     """Kubernetes manifests for Triton replicas: Deployment, Service, headless Service, autoscaler on queue time,
     Prometheus adapter rule, PodMonitor; or a values.yaml for NVIDIA's Helm chart."""
-    from tritonctl import deploy
-    from tritonctl.server import DEFAULT_IMAGE
+    from tritonctl.deploy import kubernetes as deploy
+    from tritonctl.serving.server import DEFAULT_IMAGE
 
     s = deploy.K8sSettings.create(
         name=name, image=image or DEFAULT_IMAGE, model_repository=model_repository, replicas=replicas,

@@ -1,0 +1,1 @@
+"""Inference: endpoints, discovery, the Triton client with shared memory and failover."""

@@ -1,0 +1,1 @@
+"""Measurement: perf_analyzer sweeps, accuracy (val) on datasets."""

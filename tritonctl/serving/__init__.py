@@ -1,0 +1,1 @@
+"""Serving: the local runtime and the NGC container, server records, status."""
