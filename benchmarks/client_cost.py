@@ -12,7 +12,7 @@ by a benchmark that reads each process's CPU time over the streaming loop only".
   state the reader decodes as fast as the pipeline infers (a bounded queue, the `block` policy of files), so
   CPU(K1) - CPU(K0) over K1 - K0 frames is the streaming loop's cost per frame, without start-up, imports, model
   metadata or shared-memory set-up; frames 1..K0 warm up. No internals of detect are touched;
-- decoding alone, the same way: a child that opens the same file with the same reader (tritonctl.sources.video.open_capture,
+- decoding alone, the same way: a child that opens the same file with the same reader (tritonctl.sources.captures.open_capture,
   a cv2.VideoCapture read loop) and only reads, marked at the same frames;
 - perf_analyzer (HTTP, system shared memory, concurrency 1) at -b 1 and -b 4: its CPU (os.wait4's rusage) in two
   runs of different request counts, divided by the difference of the requests the server counted (its statistics),
@@ -93,7 +93,8 @@ else:
 
 DECODE_ONLY = """
 import sys
-from tritonctl.sources.video import open_capture, parse_sources
+from tritonctl.sources.captures import open_capture
+from tritonctl.sources.spec import parse_sources
 cap = open_capture(parse_sources([sys.argv[1]])[0])
 while cap.read()[0]:
     pass
@@ -186,7 +187,8 @@ def main() -> int:
     batches = [int(b) for b in args.batches.split(",")]
 
     from tests.conftest import free_ports
-    from tritonctl.serving.server import ServeSettings, start_local
+    from tritonctl.serving.local import start_local
+    from tritonctl.serving.settings import ServeSettings
     from tritonctl.vision.synthetic import write_video
 
     n, k0 = args.frames, args.warmup

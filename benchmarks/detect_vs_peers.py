@@ -52,7 +52,8 @@ def main() -> int:
 
     from tritonctl.model.export import ExportSettings, export
     from tritonctl.model.repository import ConfigSettings, write_model
-    from tritonctl.serving.server import ServeSettings, port_free, start_local
+    from tritonctl.serving.local import start_local
+    from tritonctl.serving.settings import ServeSettings, port_free
     from tritonctl.vision.synthetic import write_video
 
     with tempfile.TemporaryDirectory() as tmp:

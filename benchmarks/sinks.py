@@ -40,9 +40,8 @@ sys.path.insert(0, str(ROOT))
 
 from tritonctl.inference.client import ModelInfo  # noqa: E402
 from tritonctl.outputs.events import BrokerSink, parse_sink_url  # noqa: E402
-from tritonctl.sources.video import Frame  # noqa: E402
-from tritonctl.stream.streaming import Result  # noqa: E402
 from tritonctl.vision.detections import Detections  # noqa: E402
+from tritonctl.vision.frames import Frame, Result  # noqa: E402
 from tritonctl.vision.metrics import LatencyHistogram  # noqa: E402
 
 INFO = ModelInfo(name="shapes", input_name="images", input_dtype="FP32", height=640, width=640, output_name="output0",

@@ -73,7 +73,8 @@ def soak(args: argparse.Namespace, work: Path) -> dict:
     from onnx_models import tiny_detector
 
     from tritonctl.model.repository import ConfigSettings, write_model
-    from tritonctl.serving.server import ServeSettings, start_local
+    from tritonctl.serving.local import start_local
+    from tritonctl.serving.settings import ServeSettings
     from tritonctl.stream.detect import DetectSettings, check_server, open_sinks
     from tritonctl.stream.streaming import Detection
     from tritonctl.stream.summary import summarize

@@ -245,7 +245,8 @@ def setup(work: Path, max_n: int, stack: contextlib.ExitStack) -> dict[str, Any]
 
     from tritonctl.model.export import ExportSettings, export
     from tritonctl.model.repository import ConfigSettings, write_model
-    from tritonctl.serving.server import ServeSettings, port_free, start_local
+    from tritonctl.serving.local import start_local
+    from tritonctl.serving.settings import ServeSettings, port_free
     from tritonctl.vision.synthetic import write_h264
 
     t = time.monotonic()

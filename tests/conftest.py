@@ -85,7 +85,8 @@ class Triton:
 @pytest.fixture(scope="session")
 def triton(tiny_repo: Path) -> Iterator[Triton]:
     """The real local Triton (bundled tritonserver, Python backend, ONNX Runtime) on free ports."""
-    from tritonctl.serving.server import ServeSettings, start_local
+    from tritonctl.serving.local import start_local
+    from tritonctl.serving.settings import ServeSettings
 
     http, grpc, metrics = free_ports(3)
     settings = ServeSettings.create(runtime="local", repo=tiny_repo, http_port=http, grpc_port=grpc, metrics_port=metrics,
@@ -124,7 +125,8 @@ def build_demo_repo(repo: Path, export_dir: Path) -> Path:
 
 
 def start_server(repo: Path, ports: list[int] | None = None) -> object:
-    from tritonctl.serving.server import ServeSettings, start_local
+    from tritonctl.serving.local import start_local
+    from tritonctl.serving.settings import ServeSettings
 
     http, grpc, metrics = ports or free_ports(3)
     return start_local(ServeSettings.create(runtime="local", repo=repo, http_port=http, grpc_port=grpc, metrics_port=metrics))

@@ -194,7 +194,7 @@ def test_a_server_that_cannot_map_our_memory_gets_tensors_over_the_network(trito
 def test_regions_are_named_apart_from_the_servers() -> None:
     """A local server's clean-up removes `tritonctl-srv-<id>_…` (and the `tritonctl_<16 hex>_…` of servers started
     before the split): never a client's region."""
-    from tritonctl.serving.server import region_server
+    from tritonctl.serving.leftovers import region_server
 
     slot_names = [f"{REGION_PREFIX}{os.getpid()}_in0", f"{REGION_PREFIX}4194304_out17", "tritonctl_4194304_in0"]
     assert [region_server(n) for n in slot_names] == [None, None, None]
@@ -309,139 +309,6 @@ def test_a_later_worker_failing_to_start_leaks_nothing(triton: Triton, tmp_path:
         run_detect(settings)
     assert _regions_on_disk() == set()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]  # no output file started either
-
-
-# ---------------------------------------------------------------- the HTTP fast path for shared-memory requests
-
-
-class _ScriptedServer:
-    """A local socket server answering each request with the next scripted bytes; `close_after` requests per
-    connection (then it closes it, as a server dropping an idle keep-alive connection does)."""
-
-    def __init__(self, answers: list[bytes], close_after: int = 1_000_000) -> None:
-        import socket
-        import threading
-
-        self.answers, self.close_after, self.requests, self.connections = list(answers), close_after, [], 0
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while self.answers:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            with conn:
-                for _ in range(self.close_after):
-                    data = b""
-                    while b"\r\n\r\n" not in data:
-                        if not (chunk := conn.recv(65536)):
-                            break
-                        data += chunk
-                    if not data:
-                        break
-                    head, _, body = data.partition(b"\r\n\r\n")
-                    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
-                                      if line.lower().startswith(b"content-length")))
-                    while len(body) < length:
-                        body += conn.recv(65536)
-                    self.requests.append((head, body))
-                    conn.sendall(self.answers.pop(0))
-                    if not self.answers:
-                        break
-
-    def close(self) -> None:
-        self.sock.close()
-        self.thread.join(5)
-
-
-def _fast_parts() -> tuple[Any, Any, Any]:
-    from types import SimpleNamespace
-
-    info = ModelInfo("yolo", "images", "FP32", 8, 8, "output0", (8, 10), "FP32", 4, {}, "anchors")
-    inp = SimpleNamespace(name="tritonctl_1_in0", size=4 * 3 * 8 * 8 * 4, array=np.zeros((4, 3, 8, 8), np.float32))
-    out = SimpleNamespace(name="tritonctl_1_out1", size=4 * 8 * 10 * 4, array=np.zeros((4, 8, 10), np.float32))
-    return info, inp, out
-
-
-OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
-
-
-def test_shm_requests_are_one_constant_json_request() -> None:
-    import json
-
-    from tritonctl.inference.client import _ShmInferConnection
-
-    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{\r\n1\r\n}\r\n0\r\n\r\n"
-    srv = _ScriptedServer([OK, chunked, OK])
-    conn = _ShmInferConnection(Endpoint("127.0.0.1", srv.port))
-    info, inp, out = _fast_parts()
-    try:
-        for n in (2, 2, 3):
-            conn.request(info, inp, out, n)  # type: ignore[arg-type]
-    finally:
-        conn.close()
-        srv.close()
-    assert srv.connections == 1  # kept alive, a chunked answer included
-    heads = [head.split(b"\r\n")[0] for head, _ in srv.requests]
-    assert heads == [b"POST /v2/models/yolo/infer HTTP/1.1"] * 3
-    body = json.loads(srv.requests[2][1])
-    assert body["inputs"] == [{"name": "images", "shape": [3, 3, 8, 8], "datatype": "FP32", "parameters": {
-        "shared_memory_region": "tritonctl_1_in0", "shared_memory_byte_size": 3 * 3 * 8 * 8 * 4}}]
-    assert body["outputs"] == [{"name": "output0", "parameters": {
-        "shared_memory_region": "tritonctl_1_out1", "shared_memory_byte_size": 3 * 8 * 10 * 4}}]
-
-
-def test_a_keepalive_connection_the_server_closed_is_opened_again_once() -> None:
-    from tritonctl.inference.client import _ShmInferConnection
-
-    srv = _ScriptedServer([OK, OK, OK], close_after=1)  # the server closes every connection after one answer
-    conn = _ShmInferConnection(Endpoint("127.0.0.1", srv.port))
-    info, inp, out = _fast_parts()
-    try:
-        for _ in range(3):
-            conn.request(info, inp, out, 1)  # type: ignore[arg-type]
-    finally:
-        conn.close()
-        srv.close()
-    assert len(srv.requests) == 3 and srv.connections == 3
-
-
-@pytest.mark.parametrize(("answer", "kind", "words"), [
-    (b'HTTP/1.1 400 Bad Request\r\nContent-Length: 44\r\n\r\n{"error":"unexpected shape for input images"}',
-     ModelError, "unexpected shape"),
-    (b'HTTP/1.1 404 Not Found\r\nContent-Length: 53\r\n\r\n{"error":"Unable to find shared memory region: \'x\'."}',
-     RegionLost, "shared memory region"),
-    (b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n", TransientError, "empty response"),
-    (b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 7\r\n\r\nnot json", ModelError, "decoding the response"),
-    (b"garbage\r\n\r\n", TransientError, "garbage"),
-])
-def test_fast_path_errors_are_classified_as_tritonclient_s(answer: bytes, kind: type, words: str) -> None:
-    from tritonctl.inference.client import _ShmInferConnection
-
-    srv = _ScriptedServer([answer])
-    conn = _ShmInferConnection(Endpoint("127.0.0.1", srv.port))
-    info, inp, out = _fast_parts()
-    try:
-        with pytest.raises(TritonctlError) as raised, triton_call(f"127.0.0.1:{srv.port}", "infer with model 'yolo'"):
-            conn.request(info, inp, out, 1)  # type: ignore[arg-type]
-    finally:
-        conn.close()
-        srv.close()
-    assert type(raised.value) is kind and words in str(raised.value), raised.value
-
-
-def test_fast_path_to_a_dead_port_is_transient() -> None:
-    from tritonctl.inference.client import _ShmInferConnection
-
-    conn = _ShmInferConnection(Endpoint("127.0.0.1", free_ports(1)[0]))
-    info, inp, out = _fast_parts()
-    with pytest.raises(TransientError), triton_call("127.0.0.1", "infer with model 'yolo'"):
-        conn.request(info, inp, out, 1)  # type: ignore[arg-type]
 
 
 @server

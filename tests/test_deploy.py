@@ -334,7 +334,7 @@ def test_k8s_cli_writes_and_refuses_foreign_out(tmp_path: Path) -> None:
     args = ["deploy", "k8s", "--name", "yolo", "--model-repository", "gs://b/m", "--replicas", "2", "--out", str(out)]
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr
-    from tritonctl.serving.server import DEFAULT_IMAGE
+    from tritonctl.core.containers import DEFAULT_IMAGE
 
     [c] = yaml.safe_load((out / "deployment.yaml").read_text())["spec"]["template"]["spec"]["containers"]
     assert c["image"] == DEFAULT_IMAGE  # the NGC image `serve --runtime docker` pins

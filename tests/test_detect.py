@@ -18,11 +18,13 @@ from conftest import DEMO_PT, ROOT, TRITONCTL, Triton, assert_one_line_error, bu
 
 from tritonctl.core.errors import BadInput
 from tritonctl.outputs.sinks import FpsMeter, VideoSink, image_names
-from tritonctl.sources.video import Frame, FrameQueue
+from tritonctl.sources.video import FrameQueue
 from tritonctl.stream.detect import DetectSettings, run_detect
-from tritonctl.stream.streaming import PROBLEMS_KEPT, Dispatcher, Result, RunStats
+from tritonctl.stream.dispatch import Dispatcher
+from tritonctl.stream.stats import PROBLEMS_KEPT, RunStats
 from tritonctl.stream.summary import FRAME_COUNTS
 from tritonctl.vision.detections import Detections
+from tritonctl.vision.frames import Frame, Result
 from tritonctl.vision.metrics import match, precision_recall
 
 F = TypeVar("F", bound=Callable[..., Any])

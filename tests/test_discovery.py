@@ -21,8 +21,9 @@ from conftest import free_ports, run_cli
 
 from tritonctl.core.endpoint import Endpoint
 from tritonctl.core.errors import BadInput, ServerError
-from tritonctl.inference.client import EndpointPool, server_stats
+from tritonctl.inference.client import server_stats
 from tritonctl.inference.discovery import DiscoverTarget, Discovery, DnsResolver, parse_discover, resolve_endpoints
+from tritonctl.inference.endpoints import EndpointPool
 
 NAME = "triton-headless.default.svc.cluster.local"
 
@@ -244,7 +245,8 @@ class _Server(threading.Thread):
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        from tritonctl.serving.server import ServeSettings, start_local
+        from tritonctl.serving.local import start_local
+        from tritonctl.serving.settings import ServeSettings
 
         grpc, metrics = free_ports(2)
         try:

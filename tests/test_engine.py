@@ -17,10 +17,9 @@ from tritonctl.model.engine import (
     EngineSettings,
     build_command,
     engine_container_spec,
-    parse_summary,
-    parse_times,
     timing_command,
 )
+from tritonctl.model.trtexec import parse_summary, parse_times
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -189,7 +188,7 @@ def fp32_onnx(tmp_path: Path) -> Path:
 
 
 def test_tensorrt_version_is_read_from_trtexecs_own_lines() -> None:
-    from tritonctl.model.engine import tensorrt_version
+    from tritonctl.model.trtexec import tensorrt_version
 
     lines = lambda name: (FIXTURES / name).read_text().splitlines()  # noqa: E731
     assert tensorrt_version(lines("trtexec_build.log")) == "10.3.0"  # banner only: [TensorRT v100300]
@@ -232,7 +231,7 @@ def test_probe_finds_trtexec_where_it_runs(tmp_path: Path) -> None:
     import subprocess
 
     from tritonctl.core.errors import ToolMissing
-    from tritonctl.model.engine import PROBE_SCRIPT, parse_probe
+    from tritonctl.model.trtexec import PROBE_SCRIPT, parse_probe
 
     fake = fake_trtexec(tmp_path / "bin", help="trtexec_probe_trt11.txt")
     done = subprocess.run(["sh", "-c", PROBE_SCRIPT], capture_output=True, text=True,
@@ -342,11 +341,11 @@ def test_docker_build_probes_the_same_image_and_records_it(yolo_like_onnx: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     import json
 
-    from tritonctl.core import procs
+    from tritonctl.core import containers
     from tritonctl.model import engine
 
     docker = FakeDocker("trtexec_probe_trt11.txt", "trtexec_build_trt11.log")
-    monkeypatch.setattr(procs, "docker_client", lambda: docker)
+    monkeypatch.setattr(containers, "docker_client", lambda: docker)
     image = "nvcr.io/nvidia/tritonserver:26.06-py3"
     s = EngineSettings.create(onnx=yolo_like_onnx, out_dir=tmp_path / "out", image=image, gpus="0")
     result = engine.build(s, lambda _: None)
@@ -396,7 +395,7 @@ def test_time_defaults_to_where_the_engine_was_built(yolo_like_onnx: Path, tmp_p
 
 
 def test_time_in_the_recorded_image(yolo_like_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tritonctl.core import procs
+    from tritonctl.core import containers
     from tritonctl.model import engine
 
     image = "nvcr.io/nvidia/tritonserver:22.09-py3"
@@ -404,7 +403,7 @@ def test_time_in_the_recorded_image(yolo_like_onnx: Path, tmp_path: Path, monkey
     probe = tmp_path / "probe.txt"
     probe.write_text("tritonctl-trtexec: /usr/src/tensorrt/bin/trtexec\n" + (FIXTURES / "trtexec_time_warmup.log").read_text())
     docker = FakeDocker(str(probe), "trtexec_time_warmup.log")
-    monkeypatch.setattr(procs, "docker_client", lambda: docker)
+    monkeypatch.setattr(containers, "docker_client", lambda: docker)
     result = engine.time_engine(engine.TimingSettings.create(plan, tmp_path / "t", 16), lambda _: None)
     timed = docker.specs[1]
     assert timed["image"] == image
@@ -460,7 +459,7 @@ def test_times_without_warmup_rows_lose_nothing(tmp_path: Path) -> None:
 def test_percentiles_follow_trtexec() -> None:
     """findPercentile drops int((1 - p/100) * n) of the largest in float32: of 1..100, p99 is 100 (0.99f leaves
     1 - p/100 just under 0.01), p95 is 95 and p90 is 90."""
-    from tritonctl.model.engine import _describe
+    from tritonctl.model.trtexec import _describe
 
     d = _describe([float(v) for v in range(100, 0, -1)])
     assert (d["p99"], d["p95"], d["p90"], d["median"], d["mean"]) == (100.0, 95.0, 90.0, 50.5, 50.5)

@@ -24,20 +24,13 @@ from conftest import Triton, free_ports
 
 from tritonctl.core.errors import BadInput
 from tritonctl.inference.client import ModelInfo
-from tritonctl.outputs.events import (
-    SCHEMA,
-    SCHEMA_FILE,
-    BrokerSink,
-    ObjectEvents,
-    Outbox,
-    SinkSpec,
-    frame_message,
-    parse_sink_url,
-)
-from tritonctl.outputs.events import Message as OutMessage
-from tritonctl.sources.video import Frame
-from tritonctl.stream.streaming import Result
+from tritonctl.outputs.brokers.messages import SCHEMA, SCHEMA_FILE, ObjectEvents, frame_message
+from tritonctl.outputs.brokers.outbox import Message as OutMessage
+from tritonctl.outputs.brokers.outbox import Outbox
+from tritonctl.outputs.brokers.spec import SinkSpec, parse_sink_url
+from tritonctl.outputs.events import BrokerSink
 from tritonctl.vision.detections import Detections
+from tritonctl.vision.frames import Frame, Result
 
 NAMES = {0: "circle", 1: "square", 2: "triangle"}
 INFO = ModelInfo(name="shapes", input_name="images", input_dtype="FP32", height=640, width=640, output_name="output0",

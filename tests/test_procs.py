@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tritonctl.core import procs
+from tritonctl.core import containers, procs
 from tritonctl.core.errors import ToolMissing
 
 # A shell that ignores SIGTERM and starts a child that ignores it too: only SIGKILL ends them.
@@ -202,7 +202,7 @@ def test_stream_container_notices_a_dead_container() -> None:
     threading.Timer(0.5, lambda: setattr(container, "status", "exited")).start()
     t0 = time.monotonic()
     try:
-        procs.stream_container(container, seen.append, lambda: container.status == "running", poll_s=0.1)
+        containers.stream_container(container, seen.append, lambda: container.status == "running", poll_s=0.1)
     finally:
         container.released.set()
     assert seen == ["hello"] and time.monotonic() - t0 < 5
@@ -286,7 +286,7 @@ class FakeDocker:
 def test_dockers_refusals_are_one_line_that_says_what_to_do(case: str) -> None:
     from tritonctl.core import errors
 
-    mapped = procs.docker_error(api_error(case), "nvcr.io/nvidia/tritonserver:25.13-py3", "tritonctl-8000")
+    mapped = containers.docker_error(api_error(case), "nvcr.io/nvidia/tritonserver:25.13-py3", "tritonctl-8000")
     assert type(mapped) is getattr(errors, DOCKER_ERRORS[case]["error"])
     assert "\n" not in str(mapped)
     for word in DOCKER_ERRORS[case]["words"]:
@@ -297,26 +297,27 @@ def test_a_container_whose_start_fails_is_removed_not_left_under_its_name() -> N
     """`containers.run` would leave the created container behind (and its name taken) when start fails."""
     client = FakeDocker(start_error=api_error("no_gpu_runtime"))
     with pytest.raises(ToolMissing, match="NVIDIA Container Toolkit"):
-        procs.start_container(client, {"image": "img", "name": "tritonctl-8000", "detach": True, "remove": False})
+        containers.start_container(client, {"image": "img", "name": "tritonctl-8000", "detach": True, "remove": False})
     [container] = client.created
     assert container.removed and "remove" not in container.spec
 
 
 def test_run_container_runs_as_this_user(tmp_path: Path) -> None:
     client = FakeDocker(logs=b"built\n")
-    done = procs.run_container({"image": "img", "command": ["trtexec"], "detach": True,
-                                "volumes": procs.bind(tmp_path, "/work/out", "rw")}, lambda _: None, client=client)
+    done = containers.run_container({"image": "img", "command": ["trtexec"], "detach": True,
+                                "volumes": containers.bind(tmp_path, "/work/out", "rw")}, lambda _: None, client=client)
     [container] = client.created
     assert done.exit_code == 0 and container.spec["user"] == f"{os.getuid()}:{os.getgid()}" and container.removed
 
 
 def test_selinux_label_only_where_selinux_enforces(tmp_path: Path) -> None:
     enforce = tmp_path / "enforce"
-    assert not procs.selinux_enforcing(enforce)  # no SELinux at all
+    assert not containers.selinux_enforcing(enforce)  # no SELinux at all
     enforce.write_text("0\n")
-    assert not procs.selinux_enforcing(enforce)  # permissive
+    assert not containers.selinux_enforcing(enforce)  # permissive
     enforce.write_text("1\n")
-    assert procs.selinux_enforcing(enforce)
-    assert procs.bind(tmp_path, "/models", "ro", selinux=True) == {str(tmp_path.resolve()): {"bind": "/models", "mode": "ro,z"}}
-    assert procs.selinux_labelled({"/a": {"bind": "/b", "mode": "rw"}, "/c": {"bind": "/d", "mode": "ro,Z"}}) == \
+    assert containers.selinux_enforcing(enforce)
+    assert containers.bind(tmp_path, "/models", "ro", selinux=True) == \
+        {str(tmp_path.resolve()): {"bind": "/models", "mode": "ro,z"}}
+    assert containers.selinux_labelled({"/a": {"bind": "/b", "mode": "rw"}, "/c": {"bind": "/d", "mode": "ro,Z"}}) == \
         {"/a": {"bind": "/b", "mode": "rw,z"}, "/c": {"bind": "/d", "mode": "ro,Z"}}

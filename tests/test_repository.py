@@ -24,7 +24,8 @@ VARIANTS = {
 
 @pytest.fixture(scope="module")
 def variant_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, ConfigSettings]]]:
-    from tritonctl.serving.server import ServeSettings, start_local
+    from tritonctl.serving.local import start_local
+    from tritonctl.serving.settings import ServeSettings
 
     base = tmp_path_factory.mktemp("variants")
     repo = base / "repo"

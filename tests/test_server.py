@@ -20,21 +20,12 @@ from tritonctl.core import procs
 from tritonctl.core.endpoint import parse_endpoint
 from tritonctl.core.errors import BadInput
 from tritonctl.inference.client import REGION_PREFIX, InferSlot, Upstream, fetch_model_info
-from tritonctl.serving.server import (
-    STUB,
-    DockerServer,
-    ServerRecord,
-    ServeSettings,
-    container_spec,
-    diagnose,
-    find_records,
-    is_ready,
-    port_free,
-    records,
-    shm_regions,
-    start_local,
-    sweep_orphans,
-)
+from tritonctl.serving.container import DockerServer, container_spec
+from tritonctl.serving.leftovers import STUB, shm_regions, sweep_orphans
+from tritonctl.serving.local import start_local
+from tritonctl.serving.readiness import diagnose, is_ready
+from tritonctl.serving.records import ServerRecord, find_records, records
+from tritonctl.serving.settings import ServeSettings, port_free
 from tritonctl.serving.status import summarize_stats
 
 pytestmark = pytest.mark.server
@@ -238,7 +229,7 @@ def test_container_spec(tiny_repo: Path) -> None:
 
 
 def test_gpus_validation() -> None:
-    from tritonctl.serving.server import gpu_ids
+    from tritonctl.core.containers import gpu_ids
 
     assert gpu_ids("all") is None and gpu_ids("0, 2") == ["0", "2"]
     with pytest.raises(BadInput):
@@ -317,7 +308,7 @@ def test_foreground_serve_killed_takes_its_server_along(tiny_repo: Path) -> None
 
 def test_stop_tells_how_it_went() -> None:
     """Triton's own shutdown lines (its format, 2.51) become the words `stop` prints."""
-    from tritonctl.serving.server import StopResult, _shutdown_notes
+    from tritonctl.serving.stopping import StopResult, _shutdown_notes
 
     log = ("Signal (15) received.\n"
            'I1125 20:44:16.979006 6622 http_server.cc:248] "Timeout 10: Found 12 HTTP service connections"\n'
@@ -691,7 +682,7 @@ def _docker_run_kwargs(command: str) -> dict[str, object]:
 
     from docker.types import Ulimit
 
-    from tritonctl.serving.server import gpu_request
+    from tritonctl.core.containers import gpu_request
 
     tokens = shlex.split(command)[2:]
     kw: dict[str, object] = {"ports": {}, "volumes": {}, "ulimits": []}
@@ -732,7 +723,7 @@ def _engine_request(kw: dict[str, object]) -> dict[str, object]:
 def test_container_spec_is_nvidias_documented_docker_run(tiny_repo: Path) -> None:
     """Golden spec: NVIDIA's `docker run` for Triton (fixtures/docker_triton_run.txt) against what `serve` hands the SDK.
     Deliberate differences: ports on the address asked for (loopback), the repository read-only, this user, a name."""
-    from tritonctl.serving.server import DEFAULT_IMAGE
+    from tritonctl.core.containers import DEFAULT_IMAGE
 
     golden_line = next(ln for ln in (FIXTURES / "docker_triton_run.txt").read_text().splitlines() if ln.startswith("docker"))
     golden = _engine_request(_docker_run_kwargs(golden_line))
@@ -765,7 +756,7 @@ NVIDIA_SMI = json.loads((FIXTURES / "server_nvidia_smi.json").read_text())
 
 
 def test_nvidia_smi_output_is_read_as_nvidia_smi_writes_it() -> None:
-    from tritonctl.serving.server import HostGpu, parse_nvidia_smi
+    from tritonctl.serving.preflight import HostGpu, parse_nvidia_smi
 
     assert parse_nvidia_smi(NVIDIA_SMI["h100_r580"]) == [HostGpu("580.95.05", 9.0)]
     assert parse_nvidia_smi(NVIDIA_SMI["two_rtx_r550"]) == [HostGpu("550.127.05", 8.6)] * 2
@@ -792,7 +783,7 @@ def test_the_image_against_the_hosts_driver_and_gpus(host: str, image: str, verd
     """Figures from NVIDIA's release notes: 25.10 is CUDA 13.0.2, driver R575+ (or data-center forward compatibility),
     compute capability 7.5+."""
     from tritonctl.core.errors import ServerError
-    from tritonctl.serving.server import check_host, parse_nvidia_smi
+    from tritonctl.serving.preflight import check_host, parse_nvidia_smi
 
     gpus = parse_nvidia_smi(NVIDIA_SMI[host])
     if verdict == "refused":
@@ -841,7 +832,7 @@ def test_docker_serve_refuses_the_local_runtimes_python_backend_models(tiny_repo
 def test_instance_group_gpus_are_the_containers_indexes(tmp_path: Path, flag: str, config_gpus: tuple[int, ...],
                                                         words: list[str]) -> None:
     from tritonctl.model.repository import read_repository
-    from tritonctl.serving.server import check_docker
+    from tritonctl.serving.preflight import check_docker
 
     s = _docker_settings(_gpu_repo(tmp_path, gpus=config_gpus), gpus=flag)
     with pytest.raises(BadInput) as info:
@@ -854,7 +845,7 @@ def test_instance_group_gpus_are_the_containers_indexes(tmp_path: Path, flag: st
 
 def test_gpu_ids_against_all_of_the_hosts_gpus(tmp_path: Path) -> None:
     from tritonctl.model.repository import read_repository
-    from tritonctl.serving.server import check_docker, parse_nvidia_smi
+    from tritonctl.serving.preflight import check_docker, parse_nvidia_smi
 
     s = _docker_settings(_gpu_repo(tmp_path, gpus=(1,)))  # --gpus all on a host with two GPUs: device 1 exists
     two_gpus = parse_nvidia_smi("580.95.05, 8.6\n580.95.05, 8.6\n")
@@ -876,7 +867,7 @@ def test_a_plan_built_in_another_image_is_a_warning_not_an_error(tmp_path: Path)
     assert "Docker" in error and "Traceback" not in result.stderr
     same = _gpu_repo(tmp_path / "same", image="nvcr.io/nvidia/tritonserver:25.10-py3")
     from tritonctl.model.repository import read_repository
-    from tritonctl.serving.server import engine_warnings
+    from tritonctl.serving.preflight import engine_warnings
 
     assert engine_warnings(read_repository(same), "nvcr.io/nvidia/tritonserver:25.10-py3") == []
 
@@ -885,7 +876,7 @@ def test_missing_gpu_runtime_is_one_line_and_leaves_no_container(tmp_path: Path)
     from test_procs import FakeDocker, api_error
 
     from tritonctl.core.errors import ToolMissing
-    from tritonctl.serving.server import start_docker
+    from tritonctl.serving.container import start_docker
 
     client = FakeDocker(start_error=api_error("no_gpu_runtime"))
     with pytest.raises(ToolMissing) as info:
@@ -899,7 +890,7 @@ def test_an_image_that_is_not_here_is_one_line(tmp_path: Path) -> None:
     from test_procs import FakeDocker
 
     from tritonctl.core.errors import ToolMissing
-    from tritonctl.serving.server import start_docker
+    from tritonctl.serving.container import start_docker
 
     client = FakeDocker(image_error=docker.errors.ImageNotFound("No such image: nvcr.io/nvidia/tritonserver:25.10-py3"))
     with pytest.raises(ToolMissing, match=r"is not on this host: `docker pull nvcr.io/nvidia/tritonserver:25.10-py3`"):
@@ -915,7 +906,7 @@ def test_trt_engine_cache_is_a_writable_mount(tmp_path: Path) -> None:
 
     from tritonctl.core.errors import ServerError
     from tritonctl.model.repository import ConfigSettings, write_model
-    from tritonctl.serving.server import start_docker
+    from tritonctl.serving.container import start_docker
 
     repo = tmp_path / "repo"
     write_model(ConfigSettings.create(name="ort", model_file=tiny_detector(tmp_path / "m.onnx"), repo=repo,

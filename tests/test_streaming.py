@@ -17,9 +17,10 @@ import pytest
 from conftest import ROOT, TRITONCTL, Triton, free_ports
 from rtsp import RtspServer
 
-from tritonctl.sources.video import Frame, FrameQueue
-from tritonctl.stream.streaming import Dispatcher
+from tritonctl.sources.video import FrameQueue
+from tritonctl.stream.dispatch import Dispatcher
 from tritonctl.stream.summary import FRAME_COUNTS
+from tritonctl.vision.frames import Frame
 
 
 def _frame(source: int, index: int = 0) -> Frame:

@@ -14,7 +14,8 @@ from conftest import Triton, assert_one_line_error, free_ports, run_cli
 from rtsp import RtspServer
 
 from tritonctl.core.errors import BadInput
-from tritonctl.sources.video import Frame, FrameQueue, parse_sources
+from tritonctl.sources.video import FrameQueue, parse_sources
+from tritonctl.vision.frames import Frame
 
 
 class CameraServer:
@@ -256,7 +257,7 @@ def test_a_stream_that_cannot_open_says_why_in_the_protocols_words(camera: Camer
     """Every stream that did not open was "unreachable, or not a stream FFmpeg can read", whatever FFmpeg had said."""
     import socket
 
-    from tritonctl.sources.video import AvCapture, CannotOpen
+    from tritonctl.sources.captures import AvCapture, CannotOpen
 
     def failure(uri: str) -> str:
         with pytest.raises(CannotOpen) as info:

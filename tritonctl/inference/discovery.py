@@ -24,7 +24,7 @@ from typing import Protocol
 
 from tritonctl.core.endpoint import DEFAULT_PORTS, Endpoint, parse_endpoint
 from tritonctl.core.errors import BadInput, ServerError
-from tritonctl.inference.client import EndpointPool
+from tritonctl.inference.endpoints import EndpointPool
 
 DEFAULT_INTERVAL_S = 5.0
 DNS_TIMEOUT_S = 2.0

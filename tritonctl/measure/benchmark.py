@@ -175,7 +175,7 @@ def metrics_endpoint(endpoint: Endpoint, given: str | None) -> str | None:
     default layout (HTTP port + 2); None when none of them answers (GPU columns then stay empty)."""
     import urllib.request
 
-    from tritonctl.serving.server import records
+    from tritonctl.serving.records import records
 
     recorded = [r.metrics_url for r in records() if r.url == endpoint.url and r.metrics_url]
     default = f"{endpoint.with_port(endpoint.port + 2).url}/metrics" if endpoint.port < 65534 else None

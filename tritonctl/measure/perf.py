@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tritonctl.core import procs
+from tritonctl.core import containers, procs
 from tritonctl.core.errors import ToolMissing
 
 SDK_IMAGE = "nvcr.io/nvidia/tritonserver:25.10-py3-sdk"
@@ -63,7 +63,7 @@ def candidates() -> list[tuple[str, PerfTool | None, str]]:
 
 
 def _docker_candidate() -> tuple[PerfTool | None, str]:
-    from tritonctl.core.procs import docker_client
+    from tritonctl.core.containers import docker_client
 
     try:
         client = docker_client()
@@ -114,7 +114,7 @@ def docker_spec(args: list[str], out_dir: Path, shared_memory: str = "none") -> 
 
 def _run_docker(args: list[str], out_dir: Path, on_line: Callable[[str], None],
                 shared_memory: str = "none") -> tuple[int, list[str]]:
-    done = procs.run_container(docker_spec(args, out_dir, shared_memory), on_line, keep_lines=True)
+    done = containers.run_container(docker_spec(args, out_dir, shared_memory), on_line, keep_lines=True)
     return (1 if done.exit_code is None else done.exit_code), done.lines
 
 

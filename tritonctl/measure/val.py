@@ -9,10 +9,7 @@ thresholds 0.50..0.95 and the classes. Its maxDets is raised to max_det, so ever
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -21,95 +18,26 @@ from typing import Any
 
 import numpy as np
 
-from tritonctl.core.endpoint import Endpoint, parse_endpoints
-from tritonctl.core.errors import BadInput, ServerError, ToleranceExceeded, ToolMissing
-from tritonctl.core.extras import install_hint
-from tritonctl.inference.client import EndpointPool, InferSlot, ModelInfo, TransientError, fetch_model_info, server_status
-from tritonctl.inference.discovery import DiscoverTarget, Discovery, first_endpoints, parse_discover
+from tritonctl.core.endpoint import Endpoint
+from tritonctl.core.errors import BadInput, ToleranceExceeded
+from tritonctl.inference.client import InferSlot, ModelInfo, fetch_model_info, server_status
+from tritonctl.inference.discovery import first_endpoints
+from tritonctl.inference.fleet import Fleet
+from tritonctl.measure.coco import (  # noqa: F401
+    Metrics,
+    _match_names,
+    _quiet_coco,
+    coco_ground_truth,
+    coco_predictions,
+    evaluate,
+    pr_at_best_f1,
+)
 from tritonctl.measure.datasets import Dataset, Sample, load_dataset
-from tritonctl.vision.postprocess import PostSettings, decode
+from tritonctl.measure.reference import Checkpoint, Reference, load_reference, reference_val  # noqa: F401
+from tritonctl.measure.val_plots import confusion_matrix, confusion_png, pr_curve_png
+from tritonctl.measure.val_settings import VAL_DECODING, ValSettings  # noqa: F401
+from tritonctl.vision.postprocess import decode
 from tritonctl.vision.preprocess import Preprocessor
-
-VAL_DECODING = {"conf": 0.001, "iou": 0.7, "max_det": 300, "multi_label": True}  # Ultralytics' val defaults
-
-
-@dataclass(frozen=True)
-class ValSettings:
-    model: str
-    data: Path
-    endpoints: list[Endpoint]
-    out_dir: Path
-    protocol: str = "http"
-    shm: str = "auto"
-    split: str = "val"
-    images: Path | None = None  # a COCO json's image folder
-    max_images: int | None = None
-    reference: Path | None = None
-    max_drop: float = 0.005
-    post: PostSettings = field(default_factory=lambda: PostSettings(**VAL_DECODING))  # type: ignore[arg-type]
-    batch: int | None = None
-    concurrency: int = 4
-    server_timeout_s: float = 30.0
-    discover: DiscoverTarget | None = None  # --discover: the addresses of a name join --url's, kept up to date
-
-    @classmethod
-    def create(cls, *, model: str, data: Path, urls: list[str], out_dir: Path | None = None, discover: str | None = None,
-               discover_dns: str | None = None, discover_interval_s: float | None = None, **kw: Any) -> ValSettings:
-        protocol = kw.get("protocol", "http")
-        if discover:
-            kw["discover"] = parse_discover(discover, protocol, discover_dns, discover_interval_s)
-        elif discover_dns or discover_interval_s is not None:
-            raise BadInput("--discover-dns and --discover-interval go with --discover NAME:PORT")
-        # With --discover, no --url means no fixed endpoint (not this host's default): the name's addresses only.
-        endpoints = parse_endpoints(urls, protocol) if urls or not discover else []
-        out = out_dir or Path("reports") / f"val-{model}-{time.strftime('%Y%m%d-%H%M%S')}"
-        s = cls(model=model, data=data, endpoints=endpoints, out_dir=out, **kw)
-        s._check()
-        return s
-
-    def _check(self) -> None:
-        if not self.data.is_file():
-            raise BadInput(f"--data {self.data}: no such file (give an Ultralytics dataset yaml or a COCO annotation json)")
-        if self.data.suffix.lower() not in (".yaml", ".yml", ".json"):
-            raise BadInput(f"--data {self.data}: expected a dataset .yaml or a COCO .json")
-        if self.shm not in ("auto", "system", "none"):
-            raise BadInput(f"--shm {self.shm!r}: choose auto, system or none")
-        if self.max_images is not None and self.max_images < 1:
-            raise BadInput(f"--max-images {self.max_images}: give at least 1")
-        if (self.batch is not None and self.batch < 1) or self.concurrency < 1:
-            raise BadInput("--batch and --concurrency must be at least 1")
-        if not 0 <= self.max_drop <= 1:
-            raise BadInput(f"--max-drop {self.max_drop:g}: an mAP difference lies in 0..1, e.g. 0.005")
-        if self.reference is not None:
-            if self.reference.suffix != ".pt" or not self.reference.is_file():
-                raise BadInput(f"--reference {self.reference}: give the checkpoint (.pt) the served model came from")
-            if self.data.suffix.lower() == ".json":
-                raise BadInput("--reference needs a YOLO dataset yaml: Ultralytics' val does not read COCO json labels")
-        if self.out_dir.exists() and not self.out_dir.is_dir():
-            raise BadInput(f"--out-dir {self.out_dir} is a file: name a folder")
-        # Checked now, made at the end: a folder that cannot be made fails before the run, and a failed run leaves none.
-        above = next(p for p in (self.out_dir, *self.out_dir.parents) if p.exists())
-        if not above.is_dir() or not os.access(above, os.W_OK | os.X_OK):
-            raise BadInput(f"--out-dir {self.out_dir}: cannot make the folder ({above} is "
-                           f"{'not a folder' if not above.is_dir() else 'not writable'})")
-
-
-# ---------------------------------------------------------------- results
-
-
-@dataclass(frozen=True)
-class Metrics:
-    map50_95: float
-    map50: float
-    map75: float
-    precision: float  # at the confidence of the best mean F1 (Ultralytics' rule)
-    recall: float
-    f1_conf: float
-    per_class: dict[str, float | None]  # AP50-95 per class name; None: no ground truth of that class
-
-    @classmethod
-    def zero(cls, names: dict[int, str]) -> Metrics:
-        return cls(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, {n: 0.0 for n in names.values()})
 
 
 @dataclass
@@ -155,26 +83,25 @@ class ValResult:
 
 
 class _Inference:
-    """Concurrent requests over the endpoint pool, each worker with its own slot (shared memory) and letterbox."""
+    """Concurrent requests over the inference fleet, each worker with its own slot (shared memory) and letterbox."""
 
     def __init__(self, s: ValSettings, info: ModelInfo, samples: list[Sample]) -> None:
         self.s, self.info, self.samples = s, info, samples
         self.batch = s.batch or max(1, min(4, info.max_batch or 1))
         if self.batch > max(1, info.max_batch):
             raise BadInput(f"--batch {self.batch} exceeds the max batch of model {info.name!r} ({info.max_batch})")
-        self.pool = EndpointPool(s.endpoints)
         self.results: dict[int, tuple[tuple[int, int], np.ndarray]] = {}
         self.failed: list[str] = []
         self.done = 0
         self._next = 0
         self._lock = threading.Lock()
         self._errors: list[BaseException] = []
-        self._seen: dict[int, int] = {}  # per slot, the pool version it last released departed endpoints at
+        self._stop = threading.Event()  # set by the first failure: a worker waiting for a server stops waiting
         self.problems: list[str] = []
-        self.discovery: Discovery | None = None
-        if s.discover is not None:  # first lookup now: shared memory is decided from the endpoints found
-            self.discovery = Discovery(s.discover, self.pool, on_problem=self._problem, local_only=s.shm == "system")
-            self.discovery.first()
+        # The first --discover lookup happens now: shared memory is decided from the endpoints found.
+        self.fleet = Fleet(s.endpoints, protocol=s.protocol, shm=s.shm, discover=s.discover,
+                           server_timeout_s=s.server_timeout_s, down_hint="", on_problem=self._problem)
+        self.discovery = self.fleet.discovery
 
     def _problem(self, text: str) -> None:
         with self._lock:
@@ -182,24 +109,14 @@ class _Inference:
                 self.problems.append(text)
 
     def run(self) -> None:
-        if self.discovery is not None:
-            self.discovery.start()
+        self.fleet.start()
         try:
             self._run()
         finally:
-            if self.discovery is not None:
-                self.discovery.close()
+            self.fleet.drain()
 
     def _run(self) -> None:
-        use_shm = self.s.shm == "system" or (self.s.shm == "auto" and any(e.local for e in self.pool.endpoints))
-        slots: list[InferSlot] = []
-        try:
-            for _ in range(min(self.s.concurrency, -(-len(self.samples) // self.batch))):
-                slots.append(InferSlot(self.info, self.batch, self.s.protocol, use_shm, shm_required=self.s.shm == "system"))
-        except BaseException:
-            for slot in slots:
-                slot.close()
-            raise
+        slots = self.fleet.slots(self.info, self.batch, min(self.s.concurrency, -(-len(self.samples) // self.batch)))
         threads = [threading.Thread(target=self._work, args=(slot,), daemon=True) for slot in slots]
         for t in threads:
             t.start()
@@ -222,9 +139,12 @@ class _Inference:
             pre = Preprocessor(self.info.height, self.info.width, self.info.input_np, self.batch, out=slot.inputs)
             while chunk := self._take():
                 self._chunk(slot, pre, chunk)
-        except BaseException as exc:  # raised by run(); the other workers stop at their next take
+        except _Stopped:
+            pass
+        except BaseException as exc:  # raised by run(); the other workers stop at their next take or wait
             with self._lock:
                 self._errors.append(exc)
+            self._stop.set()
         finally:
             slot.close()
 
@@ -252,29 +172,15 @@ class _Inference:
             self.done += len(chunk)
 
     def _infer(self, slot: InferSlot, n: int) -> np.ndarray:
-        """On the least busy healthy endpoint; failing over, and waiting up to server_timeout_s while all are down."""
-        down_since: float | None = None
-        last = ""
-        while True:
-            if self._seen.get(id(slot), 0) != self.pool.version:  # endpoints left (--discover): release them here
-                self._seen[id(slot)] = self.pool.version
-                slot.forget_others(self.pool.urls())
-            ep = self.pool.acquire()
-            if ep is not None:
-                ok = False
-                try:
-                    output = slot.infer(ep, n)
-                    ok = True
-                    return output
-                except TransientError as exc:
-                    last = f"{ep.url}: {exc}"
-                finally:
-                    self.pool.release(ep, ok)
-                continue
-            down_since = down_since or time.monotonic()
-            if time.monotonic() - down_since > self.s.server_timeout_s:
-                raise ServerError(f"no Triton endpoint answered for {self.s.server_timeout_s:.0f} s (last error {last})")
-            time.sleep(min(0.5, self.pool.next_retry_s() + 0.01))
+        """The fleet's failover; a worker stopped because another failed raises nothing new (its chunk is not counted)."""
+        answer = self.fleet.infer(slot, n, self._stop)
+        if answer is None:
+            raise _Stopped()
+        return answer.outputs[self.info.output_name]
+
+
+class _Stopped(Exception):
+    """Another worker failed: this one leaves its chunk unfinished (the run raises the first failure)."""
 
 
 def loader_resize(image: np.ndarray, size: int) -> np.ndarray:
@@ -297,247 +203,6 @@ def loader_resize(image: np.ndarray, size: int) -> np.ndarray:
 # ---------------------------------------------------------------- the COCO evaluator
 
 
-def _quiet_coco() -> contextlib.AbstractContextManager[Any]:
-    """pycocotools prints its progress ("loading annotations ...") to stdout: not ours to show."""
-    return contextlib.redirect_stdout(io.StringIO())
-
-
-def coco_ground_truth(ds: Dataset, sizes: dict[int, tuple[int, int]]) -> dict[str, Any]:
-    """The dataset as a COCO annotation dict, for the images that decoded (their pixel size from the decoded image)."""
-    images: list[dict[str, Any]] = []
-    annotations: list[dict[str, Any]] = []
-    for sample in ds.samples:
-        if sample.image_id not in sizes:
-            continue
-        h, w = sizes[sample.image_id]
-        images.append({"id": sample.image_id, "width": w, "height": h, "file_name": sample.path.name})
-        for cls, (x1, y1, x2, y2) in zip(sample.classes, sample.pixel_boxes(h, w), strict=True):
-            annotations.append({"id": len(annotations) + 1, "image_id": sample.image_id, "iscrowd": 0,
-                                "category_id": ds.category_ids[int(cls)], "bbox": [x1, y1, x2 - x1, y2 - y1],
-                                "area": (x2 - x1) * (y2 - y1)})
-    categories = [{"id": cid, "name": ds.names[i]} for i, cid in enumerate(ds.category_ids)]
-    return {"images": images, "annotations": annotations, "categories": categories}
-
-
-def coco_predictions(ds: Dataset, dets: dict[int, np.ndarray], class_map: dict[int, int]) -> list[dict[str, Any]]:
-    """Detections in COCO results format: [x, y, w, h] in source pixels, the data's category id."""
-    out = []
-    for image_id, det in dets.items():
-        for x1, y1, x2, y2, score, cls in det.tolist():
-            if int(cls) not in class_map:  # a model without class names (end2end) was not counted up front
-                raise BadInput(f"the model predicted class {int(cls)}, --data {ds.source} has {len(ds.names)} classes: "
-                               "validate a model on data of its own classes")
-            out.append({"image_id": image_id, "category_id": ds.category_ids[class_map[int(cls)]],
-                        "bbox": [round(x1, 3), round(y1, 3), round(x2 - x1, 3), round(y2 - y1, 3)],
-                        "score": round(score, 5)})
-    return out
-
-
-def evaluate(gt: dict[str, Any], preds: list[dict[str, Any]], names: dict[int, str], max_det: int) -> tuple[Metrics, Any]:
-    """COCOeval (bbox) over the given images; returns the metrics and the evaluator (for the PR curve)."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    if not preds or not gt["annotations"]:
-        return Metrics.zero(names), None
-    with _quiet_coco():
-        coco_gt = COCO()
-        coco_gt.dataset = gt
-        coco_gt.createIndex()
-        coco_dt = coco_gt.loadRes([dict(p) for p in preds])  # it adds id, area, segmentation to what it is given
-        ev = COCOeval(coco_gt, coco_dt, "bbox")
-        ev.params.imgIds = [img["id"] for img in gt["images"]]
-        ev.params.maxDets = [1, 10, max_det]
-        ev.params.areaRng, ev.params.areaRngLbl = [[0, 1e10]], ["all"]  # only "all" is reported: a quarter of the work
-        ev.evaluate()
-        ev.accumulate()
-    return _metrics(ev, names), ev
-
-
-def _mean_valid(a: np.ndarray) -> float:
-    valid = a[a > -1]  # -1: a class without ground truth (COCOeval's marker)
-    return float(valid.mean()) if valid.size else 0.0
-
-
-def _metrics(ev: Any, names: dict[int, str]) -> Metrics:
-    """The averages COCOeval.summarize() prints (area all, the last maxDets), read from its precision array."""
-    precision = ev.eval["precision"][:, :, :, 0, -1]  # [IoU 10, recall 101, class]
-    iou = ev.params.iouThrs
-    per_class = {}
-    for k, name in names.items():
-        ap = precision[:, :, k]
-        per_class[name] = _mean_valid(ap) if (ap > -1).any() else None
-    p, r, conf = pr_at_best_f1(ev, len(names))
-    return Metrics(_mean_valid(precision), _mean_valid(precision[np.isclose(iou, 0.5)]),
-                   _mean_valid(precision[np.isclose(iou, 0.75)]), p, r, conf, per_class)
-
-
-def _smooth(y: np.ndarray, fraction: float = 0.1) -> np.ndarray:
-    """Ultralytics' box filter over the F1 curve, so the best-F1 point is picked as it picks it."""
-    nf = round(len(y) * fraction * 2) // 2 + 1
-    pad = np.ones(nf // 2)
-    return np.convolve(np.concatenate([pad * y[0], y, pad * y[-1]]), np.ones(nf) / nf, mode="valid")
-
-
-def pr_at_best_f1(ev: Any, n_classes: int) -> tuple[float, float, float]:
-    """Precision and recall at IoU 0.5 at the confidence where the class-mean F1 is highest.
-
-    From the evaluator's own matches (evalImgs: dtMatches, dtIgnore, gtIgnore at IoU 0.5, area all): per class,
-    cumulative TP/FP by descending score give P and R as functions of confidence, sampled on 1000 thresholds and
-    averaged over the classes that have ground truth; F1 = 2PR/(P+R), smoothed; P and R are read at its maximum."""
-    px = np.linspace(0, 1, 1000)
-    curves_p, curves_r = [], []
-    for cat in ev.params.catIds[:n_classes]:
-        scores, hits, npos = _class_matches(ev, cat)
-        if npos == 0:
-            continue
-        order = np.argsort(-scores, kind="stable")
-        tp = np.cumsum(hits[order])
-        fp = np.cumsum(~hits[order])
-        conf = scores[order]
-        curves_r.append(np.interp(-px, -conf, tp / npos, left=0) if len(conf) else np.zeros_like(px))
-        curves_p.append(np.interp(-px, -conf, tp / np.maximum(tp + fp, 1), left=1) if len(conf) else np.ones_like(px))
-    if not curves_p:
-        return 0.0, 0.0, 0.0
-    p, r = np.mean(curves_p, 0), np.mean(curves_r, 0)
-    i = int(_smooth(2 * p * r / (p + r + 1e-16)).argmax())
-    return float(p[i]), float(r[i]), float(px[i])
-
-
-def _class_matches(ev: Any, cat: int) -> tuple[np.ndarray, np.ndarray, int]:
-    scores, hits, npos = [], [], 0
-    all_area = ev.params.areaRng[0]
-    for e in ev.evalImgs:
-        if e is None or e["category_id"] != cat or list(e["aRng"]) != list(all_area):
-            continue
-        keep = ~np.asarray(e["dtIgnore"], bool)[0]
-        scores.append(np.asarray(e["dtScores"], float)[keep])
-        hits.append(np.asarray(e["dtMatches"])[0][keep] > 0)
-        npos += int((~np.asarray(e["gtIgnore"], bool)).sum())
-    if not scores:
-        return np.zeros(0), np.zeros(0, bool), npos
-    return np.concatenate(scores), np.concatenate(hits), npos
-
-
-# ---------------------------------------------------------------- the checkpoint's own val (Ultralytics)
-
-
-@dataclass(frozen=True)
-class Reference:
-    """The checkpoint's own val: its predictions scored by the same COCOeval as the served model's (so the difference
-    is the deployment's alone), and the figures Ultralytics computes itself, for the record."""
-
-    metrics: Metrics
-    ultralytics: dict[str, float]
-    predictions: int = 0  # boxes it predicted at the val confidence: 0 scores 0 (and Ultralytics writes no predictions.json)
-    class_map: str = "index"  # how its classes were matched to the data's, as for the served model
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """--reference, loaded (and checked) before the served run, so a checkpoint that cannot be compared fails first."""
-
-    path: Path
-    model: Any  # ultralytics.YOLO
-    class_map: dict[int, int]  # checkpoint class -> data class
-    how: str  # "names" or "index"
-
-
-def load_reference(s: ValSettings, ds: Dataset, paths: list[Path]) -> Checkpoint:
-    """Ultralytics' own loader; a file it cannot load, another task, another class count: one line (BadInput)."""
-    assert s.reference is not None
-    from collections import Counter
-
-    try:
-        from ultralytics import YOLO
-    except ImportError as exc:
-        raise ToolMissing(f"--reference needs Ultralytics ({exc}): {install_hint('export')}") from None
-    try:
-        with _quiet_ultralytics():
-            model = YOLO(str(s.reference))
-    except Exception as exc:  # Ultralytics' own reasons (truncated, not a checkpoint), several lines with emojis: the first
-        raise BadInput(f"--reference {s.reference}: Ultralytics cannot load it: {_reason(exc, s.reference)}") from None
-    if model.task != "detect":
-        raise BadInput(f"--reference {s.reference} is a {model.task} checkpoint: give the detection checkpoint (.pt) "
-                       "the served model came from")
-    names = {int(k): str(v) for k, v in model.names.items()}
-    if len(names) != len(ds.names):
-        raise BadInput(f"--reference {s.reference} has {len(names)} classes, --data {ds.source} has {len(ds.names)}: "
-                       "give the checkpoint the served model came from")
-    shared = sorted(name for name, n in Counter(p.name for p in paths).items() if n > 1)[:3]
-    if shared:  # Ultralytics names its predictions by file name only: they could not be told apart
-        raise BadInput(f"--reference: images in different folders share a file name ({', '.join(shared)}), which "
-                       "Ultralytics' predictions cannot tell apart; validate the folders one at a time")
-    class_map, how = _match_names(names, ds)
-    return Checkpoint(s.reference, model, class_map, how)
-
-
-def _reason(exc: BaseException, path: Path) -> str:
-    """The first line of an Ultralytics error, without its emoji and the path the message already names."""
-    line = next((ln for ln in str(exc).splitlines() if ln.strip()), "")
-    line = " ".join(line.replace("ERROR ❌️", "").replace(str(path), "the file").split())
-    return line if line.startswith("the file") else f"{type(exc).__name__}: {line}"
-
-
-@contextlib.contextmanager
-def _quiet_ultralytics() -> Any:
-    """Ultralytics logs progress and a summary to stdout: its errors still raise."""
-    import logging
-
-    from ultralytics.utils import LOGGER
-
-    level = LOGGER.level
-    LOGGER.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        LOGGER.setLevel(level)
-
-
-def reference_val(s: ValSettings, ckpt: Checkpoint, ds: Dataset, gt: dict[str, Any], paths: list[Path],
-                  imgsz: int) -> Reference:
-    """Ultralytics' val of the checkpoint on exactly these images (a .txt list), square letterbox, same decoding.
-
-    Scored by COCOeval from its predictions.json: Ultralytics' own AP (matching by IoU, its own interpolation) differs
-    from COCOeval's on the same predictions: by 0.0003 on 50 demo images, 0.0025 on 300, more than the FP32 gate.
-    A checkpoint that predicts nothing (untrained, weak, other classes) gets no predictions.json: it scores 0."""
-    folder = (s.out_dir / "reference").resolve()
-    m, save_dir = _ultralytics_val(s, ckpt, ds, paths, imgsz, folder)
-    chosen = set(paths)
-    by_name = {smp.path.name: smp.image_id for smp in ds.samples if smp.path in chosen}
-    file = save_dir / "predictions.json"
-    preds = json.loads(file.read_text()) if file.is_file() else []
-    for p in preds:  # Ultralytics numbers a non-COCO set's classes 1..nc and names images by their file
-        p["image_id"] = by_name[p.pop("file_name")]
-        p["category_id"] = ds.category_ids[ckpt.class_map[int(p["category_id"]) - 1]]
-    metrics, _ = evaluate(gt, preds, ds.names, s.post.max_det)
-    own = {"map50_95": float(m.box.map), "map50": float(m.box.map50), "map75": float(m.box.map75),
-           "precision": float(m.box.mp), "recall": float(m.box.mr)}
-    return Reference(metrics, own, len(preds), ckpt.how)
-
-
-def _ultralytics_val(s: ValSettings, ckpt: Checkpoint, ds: Dataset, paths: list[Path], imgsz: int,
-                     folder: Path) -> tuple[Any, Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "images.txt").write_text("".join(f"{p.resolve()}\n" for p in paths))
-    names = "".join(f"  {i}: {json.dumps(n)}\n" for i, n in ds.names.items())
-    data = folder / "data.yaml"
-    data.write_text(f"path: {folder}\ntrain: {folder / 'images.txt'}\nval: {folder / 'images.txt'}\nnames:\n{names}")
-    try:
-        with _quiet_ultralytics():
-            m = ckpt.model.val(
-                data=str(data), imgsz=imgsz, batch=16, rect=False, conf=s.post.conf, iou=s.post.iou, max_det=s.post.max_det,
-                plots=False, save_json=True, device="cpu", workers=0, verbose=False, project=str(folder), name="run",
-                exist_ok=True)
-    except Exception as exc:  # checked up front what we could; Ultralytics' own refusals of these images, in one line
-        raise BadInput(f"--reference {ckpt.path}: Ultralytics' val of it failed: {_reason(exc, ckpt.path)}") from None
-    return m, folder / "run"
-
-
-# ---------------------------------------------------------------- one run
-
-
 def _class_map(info: ModelInfo, ds: Dataset) -> tuple[dict[int, int], str]:
     """Model class -> data class: by name when both name the same classes (a server with the names of another model
     then scores as badly as its users would see it), else by index. A different class count is refused."""
@@ -546,14 +211,6 @@ def _class_map(info: ModelInfo, ds: Dataset) -> tuple[dict[int, int], str]:
         raise BadInput(f"model {info.name!r} has {nc} classes, --data {ds.source} has {len(ds.names)}: "
                        "validate a model on data of its own classes")
     return _match_names(info.names, ds)
-
-
-def _match_names(names: dict[int, str], ds: Dataset) -> tuple[dict[int, int], str]:
-    """By name when the model's names are the data's (in any order, each once), else by index."""
-    if names and set(names.values()) == set(ds.names.values()) and len(set(ds.names.values())) == len(ds.names):
-        by_name = {n: i for i, n in ds.names.items()}
-        return {m: by_name[n] for m, n in names.items()}, "names"
-    return {i: i for i in ds.names}, "index"
 
 
 def _first_endpoint(s: ValSettings) -> Endpoint:
@@ -596,6 +253,7 @@ def run_val(s: ValSettings, progress: Any = None) -> ValResult:
     result.notes = _notes(s, ds, len(preds), reference)
     if inference.discovery is not None:
         result.settings["discovery"] = {**inference.discovery.report(), "problems": inference.problems}
+    result.settings["fleet"] = asdict(inference.fleet.figures)  # requests, retries, all_down_s
     result.confusion = confusion_matrix(gt, preds, ds.category_ids).tolist()
     write_outputs(s, result, preds, ev, ds.names)  # sets result.files, which val.json lists
     return result
@@ -645,98 +303,6 @@ def write_outputs(s: ValSettings, result: ValResult, preds: list[dict[str, Any]]
     result.files = files
     files[1].write_text(json.dumps(result.to_dict(), indent=2))
     return files
-
-
-def pr_curve_png(ev: Any, names: dict[int, str], path: Path) -> Path:
-    """Precision over recall at IoU 0.5 per class (COCOeval's interpolated curve) and their mean."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    precision = ev.eval["precision"][0, :, :, 0, -1]  # [101 recall points, class]
-    recall = ev.params.recThrs
-    fig, ax = plt.subplots(figsize=(7, 5), dpi=100)
-    for k, name in names.items():
-        if (precision[:, k] > -1).any():
-            ax.plot(recall, precision[:, k], lw=1, label=f"{name} {_mean_valid(precision[:, k]):.3f}")
-    ax.plot(recall, np.where(precision > -1, precision, np.nan).mean(1), lw=3, color="blue",
-            label=f"all classes {_mean_valid(precision):.3f} mAP@0.5")
-    ax.set(xlabel="Recall", ylabel="Precision", xlim=(0, 1), ylim=(0, 1.01), title="Precision-recall at IoU 0.5")
-    ax.legend(loc="lower left", fontsize=8)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
-
-
-CONFUSION_CONF, CONFUSION_IOU = 0.25, 0.45  # Ultralytics' confusion-matrix thresholds: boxes a user would see
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of xywh boxes a [n, 4] against b [m, 4]."""
-    ax2, bx2 = a[:, None, :2] + a[:, None, 2:], b[None, :, :2] + b[None, :, 2:]
-    wh = (np.minimum(ax2, bx2) - np.maximum(a[:, None, :2], b[None, :, :2])).clip(0)
-    inter = wh[..., 0] * wh[..., 1]
-    return inter / (a[:, None, 2] * a[:, None, 3] + b[None, :, 2] * b[None, :, 3] - inter + 1e-9)
-
-
-def confusion_matrix(gt: dict[str, Any], preds: list[dict[str, Any]], category_ids: list[int]) -> np.ndarray:
-    """Counts [predicted class or background][true class or background] for detections above CONFUSION_CONF, each
-    matched once to the ground-truth box it overlaps most (IoU above CONFUSION_IOU), largest overlaps first."""
-    nc = len(category_ids)
-    index = {cid: i for i, cid in enumerate(category_ids)}
-    matrix = np.zeros((nc + 1, nc + 1), np.int64)
-    truth: dict[int, list[dict[str, Any]]] = {img["id"]: [] for img in gt["images"]}
-    for ann in gt["annotations"]:
-        truth[ann["image_id"]].append(ann)
-    dets: dict[int, list[dict[str, Any]]] = {i: [] for i in truth}
-    for p in preds:
-        if p["score"] > CONFUSION_CONF:
-            dets[p["image_id"]].append(p)
-    for image_id, anns in truth.items():
-        g_cls = np.array([index[a["category_id"]] for a in anns], np.int64)
-        d_cls = np.array([index[d["category_id"]] for d in dets[image_id]], np.int64)
-        g_box = np.array([a["bbox"] for a in anns], np.float64).reshape(-1, 4)
-        d_box = np.array([d["bbox"] for d in dets[image_id]], np.float64).reshape(-1, 4)
-        _count_image(matrix, g_cls, d_cls, _iou(d_box, g_box))
-    return matrix
-
-
-def _count_image(matrix: np.ndarray, g_cls: np.ndarray, d_cls: np.ndarray, iou: np.ndarray) -> None:
-    background = matrix.shape[0] - 1
-    di, gi = np.nonzero(iou > CONFUSION_IOU)
-    order = np.argsort(-iou[di, gi], kind="stable")
-    used_d: set[int] = set()
-    used_g: set[int] = set()
-    for d, g in zip(di[order].tolist(), gi[order].tolist(), strict=True):
-        if d not in used_d and g not in used_g:
-            used_d.add(d)
-            used_g.add(g)
-            matrix[d_cls[d], g_cls[g]] += 1
-    for g in set(range(len(g_cls))) - used_g:
-        matrix[background, g_cls[g]] += 1  # missed: background "predicted"
-    for d in set(range(len(d_cls))) - used_d:
-        matrix[d_cls[d], background] += 1  # a false positive on background
-
-
-def confusion_png(matrix: np.ndarray, names: dict[int, str], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [*names.values(), "background"]
-    fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
-    ax.imshow(matrix, cmap="Blues")
-    for (r, c), v in np.ndenumerate(matrix):
-        ax.text(c, r, str(v), ha="center", va="center", color="white" if v > matrix.max() / 2 else "black", fontsize=8)
-    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-    ax.set_yticks(range(len(labels)), labels)
-    ax.set(xlabel="True", ylabel="Predicted", title=f"Confusion matrix (conf > {CONFUSION_CONF}, IoU > {CONFUSION_IOU})")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
 
 
 def _progress(inference: _Inference, console: Any) -> Any:

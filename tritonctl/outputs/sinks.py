@@ -14,9 +14,9 @@ A source with zones or lines (pipeline file) adds "zones": {name: {"count": {cla
 and "lines": {name: {"in": {class: n}, "out": {class: n}, "in_ids": [...], "out_ids": [...]}} (this frame's).
 Lines of an image source (a folder, a glob, an image) also carry "path": the image file the frame was read from.
 
-Every sink follows the `Sink` protocol: write() is called from one thread, in frame order, for each inferred frame;
-close() finishes its files on any ending; written() names them; discard() drops what it started when the run fails
-before its first frame (no empty file replaces an existing one).
+Every sink follows the `Sink` protocol (vision/frames.py): write() is called from one thread (the emitter), in frame
+order, for each inferred frame; close() finishes its files on any ending; written() names them; discard() drops what it
+started when the run fails before its first frame (no empty file replaces an existing one).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,18 +37,7 @@ from tritonctl.sources.video import IMAGE_SUFFIXES, SourceSpec
 from tritonctl.vision.detections import Detections
 
 if TYPE_CHECKING:
-    from tritonctl.inference.client import ModelInfo
-    from tritonctl.stream.streaming import Result
-
-
-class Sink(Protocol):
-    def write(self, result: Result, info: ModelInfo) -> None: ...
-
-    def written(self) -> list[tuple[Path, int]]: ...  # (file or image folder, frames in it)
-
-    def close(self) -> None: ...
-
-    def discard(self) -> None: ...
+    from tritonctl.vision.frames import Labels, Result
 
 _PALETTE = np.array([[56, 56, 255], [151, 157, 255], [31, 112, 255], [29, 178, 255], [49, 210, 207], [10, 249, 72],
                      [23, 204, 146], [134, 219, 61], [52, 147, 26], [187, 212, 0], [168, 153, 44], [255, 194, 0]])
@@ -103,7 +92,7 @@ class JsonlSink:
         self.file = LinesFile(path)  # `-`, a FIFO or a device: written through; a file: renamed into place at close
         self.lines = 0
 
-    def write(self, result: Result, info: ModelInfo) -> None:
+    def write(self, result: Result, info: Labels) -> None:
         assert result.detections is not None
         rows = result.detections.to_json(info.names)
         frame = result.frame
@@ -191,7 +180,7 @@ class VideoSink:
         self.meters = {sid: FpsMeter(clock=clock) for sid in targets}
         self.labels: dict[int, str | None] = {}  # the overlay last stamped, per source
 
-    def write(self, result: Result, info: ModelInfo) -> None:
+    def write(self, result: Result, info: Labels) -> None:
         import cv2
 
         sid = result.frame.source
@@ -240,7 +229,7 @@ class ImageSink:
         self.frames = dict.fromkeys(targets, 0)
         self._made: set[Path] = set()
 
-    def write(self, result: Result, info: ModelInfo) -> None:
+    def write(self, result: Result, info: Labels) -> None:
         import cv2
 
         frame = result.frame
@@ -270,7 +259,7 @@ class ShowSink:
     def __init__(self) -> None:
         self.meters: dict[int, FpsMeter] = {}
 
-    def write(self, result: Result, info: ModelInfo) -> None:
+    def write(self, result: Result, info: Labels) -> None:
         import cv2
 
         sid = result.frame.source

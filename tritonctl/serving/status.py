@@ -4,7 +4,11 @@ and as a table. `client.server_status` asks the server; this module only shapes 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tritonctl.serving.settings import ServeSettings
 
 
 @dataclass
@@ -85,3 +89,18 @@ def render(status: ServerStatus) -> None:
         table.add_row(m.name, m.version or "-", state, m.platform or "-", "-" if m.max_batch is None else str(m.max_batch),
                       str(m.inference_count), str(m.execution_count), fmt(m.avg_queue_ms), fmt(m.avg_compute_ms))
     con.print(table)
+
+
+def render_ready(s: ServeSettings, log_file: Path | None, seconds: float, status: ServerStatus) -> None:
+    """What `serve` says once its server is ready: where to reach it, its model table, and how to stop it."""
+    from rich.markup import escape
+
+    from tritonctl.core.ui import console
+
+    con = console()
+    con.print(f"[green]ready[/] in {seconds:.1f} s: http {s.url}, grpc {s.grpc_url}, metrics {s.metrics_url}"
+              + (f", log {log_file}" if log_file else ""))
+    render(status)
+    if s.detach:  # a bare `stop` stops the servers of this folder's default repository only
+        how = "tritonctl stop" if s.repo.resolve() == Path("model_repository").resolve() else f"tritonctl stop --url {s.url}"
+        con.print(f"stop it with [bold]{escape(how)}[/]")

@@ -1,68 +1,41 @@
 """The pipeline file: one YAML file that says which model, which servers and which sources `detect --config` runs.
 
-The schema is pydantic (strict, extra="forbid": a typo or a `yes` where a number belongs is an error, never a silent
-default). What leaves this module is plain frozen dataclasses with every default applied, so the rest of the code
-never sees pydantic or YAML. Every error is one `BadInput` line, `file:line: where: what`, the line found by mapping
-pydantic's error location onto the composed YAML node tree.
+The schema is pipeline_schema.py (pydantic, strict; its `run:` section generated from the run spec). What leaves
+this module is plain frozen values with every default applied, so the rest of the code never sees pydantic or
+YAML. Every error is one `BadInput` line, `file:line: where: what`, the line found by mapping pydantic's error
+location onto the composed YAML node tree.
 """
 
 from __future__ import annotations
 
 import difflib
-import re
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ValidationError
 
-from tritonctl.core.endpoint import parse_endpoint
 from tritonctl.core.errors import BadInput
-from tritonctl.stream.zones import Anchor, Line, Zone, line_problem, polygon_problem
+from tritonctl.stream.pipeline_schema import (
+    GEOMETRY,
+    SECTIONS,
+    Loc,
+    SourceConfig,
+    _Defaults,
+    _File,
+    _Line,
+    _Source,
+    _Zone,
+)
+from tritonctl.stream.spec import Declared, RunConfig, run_section
+from tritonctl.stream.zones import Line, Zone
 
-Loc = tuple[str | int, ...]
-Policy = Literal["auto", "latest", "block"]
-Protocol = Literal["http", "grpc"]
-Shm = Literal["auto", "system", "none"]
+__all__ = ["Pipeline", "PipelineChanges", "RunConfig", "SourceConfig", "changes", "line_of", "load_pipeline"]
 
 
 # ---------------------------------------------------------------- the result: plain, typed, immutable
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Run-wide settings; each has a `detect` flag of the same name that overrides it."""
-
-    batch: int | None = None  # None: one frame per live camera, up to 8 (as detect without --batch)
-    batch_timeout_ms: float = 10.0
-    concurrency: int | None = None
-    shm: str = "auto"
-    json: Path | None = None
-    summary_json: Path | None = None
-    view: str | None = None
-    stall_timeout: float = 5.0
-    reconnects: int = 5
-    sinks: tuple[str, ...] = ()  # brokers: mqtt://host:port/topic, redis://host:port/stream, nats://host:port/subject
-
-
-@dataclass(frozen=True)
-class SourceConfig:
-    """One source with the file's `defaults` already applied (a source's own setting wins)."""
-
-    name: str
-    uri: str
-    conf: float = 0.25
-    iou: float = 0.45
-    classes: tuple[int, ...] | None = None
-    vid_stride: int = 1
-    policy: str = "auto"
-    video_output: Path | None = None
-    json_output: Path | None = None
-    zones: tuple[Zone, ...] = ()  # counted per frame (tritonctl.stream.zones); part of equality, so an edit restarts the source
-    lines: tuple[Line, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -90,181 +63,6 @@ class PipelineChanges:
 
     def __bool__(self) -> bool:
         return bool(self.added or self.removed or self.changed or self.needs_restart)
-
-
-# ---------------------------------------------------------------- value checks (messages are the user's line)
-
-
-def _fail(message: str) -> PydanticCustomError:
-    # A custom error keeps our wording; pydantic's "Value error, ..." prefix would not read as one line.
-    return PydanticCustomError("tritonctl", message)
-
-
-def _in_range(low: float, high: float) -> Callable[[float], float]:
-    def check(value: float) -> float:
-        if not low <= value <= high:  # also refuses NaN
-            raise _fail(f"{value:g} is out of range {low:g}..{high:g}")
-        return value
-    return check
-
-
-def _at_least(low: float) -> Callable[[Any], Any]:
-    def check(value: Any) -> Any:
-        if not value >= low:
-            raise _fail(f"{value:g} is below the minimum {low:g}")
-        return value
-    return check
-
-
-def _positive(value: float) -> float:
-    if not value > 0:
-        raise _fail(f"{value:g} must be more than 0")
-    return value
-
-
-def _checked_by(parse: Callable[[str], object]) -> Callable[[str], str]:
-    """A validator that runs one of the flags' own parsers (what --url, --view, --sink accept, the file does too)
-    and turns its one-line error into this file's."""
-    def check(text: str) -> str:
-        try:
-            parse(text)
-        except BadInput as e:
-            raise _fail(str(e).strip()) from None
-        return text
-    return check
-
-
-def _endpoint(text: str) -> object:
-    return parse_endpoint(text, flag="")
-
-
-def _view_address(text: str) -> object:
-    from tritonctl.outputs.view import parse_view_address
-
-    return parse_view_address(text)
-
-
-def _sink_url(text: str) -> object:
-    from tritonctl.outputs.events import parse_sink_url
-
-    return parse_sink_url(text)
-
-
-def _numbers_as_text(value: Any) -> Any:
-    # `uri: 0` (a webcam index) and `name: 1` are meant as text; YAML reads them as ints.
-    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-def _name(text: str) -> str:
-    # Names end up in file names, JSON Lines and the live view's URLs: keep them plain.
-    if not _NAME.match(text):
-        raise _fail(f"{text!r} is not a plain name: use letters, digits, '_', '.', '-' (e.g. gate_1)")
-    return text
-
-
-def _not_blank(text: str) -> str:
-    if not text.strip():
-        raise _fail("is empty")
-    return text
-
-
-def _polygon(points: list[list[float]]) -> list[list[float]]:
-    problem = polygon_problem(points)  # the same check as Zone's, worded for the file
-    if problem:
-        raise _fail(problem)
-    return points
-
-
-def _line_points(points: list[list[float]]) -> list[list[float]]:
-    problem = line_problem(points)
-    if problem:
-        raise _fail(problem)
-    return points
-
-
-Fraction = Annotated[float, AfterValidator(_in_range(0, 1))]
-Stride = Annotated[int, AfterValidator(_at_least(1))]
-ClassId = Annotated[int, AfterValidator(_at_least(0))]
-Text = Annotated[str, BeforeValidator(_numbers_as_text), AfterValidator(_not_blank)]
-Name = Annotated[str, BeforeValidator(_numbers_as_text), AfterValidator(_name)]
-Url = Annotated[str, AfterValidator(_checked_by(_endpoint))]
-ViewAddress = Annotated[str, AfterValidator(_checked_by(_view_address))]
-SinkUrl = Annotated[str, AfterValidator(_checked_by(_sink_url))]
-
-
-# ---------------------------------------------------------------- the schema (file side)
-
-
-class _Strict(BaseModel):
-    # strict: YAML's `yes` is no batch size and "4" is no number; forbid: `bach:` is a typo, not a new setting.
-    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, frozen=True)
-
-
-class _Run(_Strict):
-    batch: Annotated[int, AfterValidator(_at_least(1))] | None = RunConfig.batch
-    batch_timeout_ms: Annotated[float, AfterValidator(_at_least(0))] = RunConfig.batch_timeout_ms
-    concurrency: Annotated[int, AfterValidator(_at_least(1))] | None = None
-    shm: Shm = "auto"
-    json_path: Text | None = Field(default=None, alias="json")  # `json` would shadow BaseModel.json
-    summary_json: Text | None = None
-    view: ViewAddress | None = None
-    stall_timeout: Annotated[float, AfterValidator(_positive)] = RunConfig.stall_timeout
-    reconnects: Annotated[int, AfterValidator(_at_least(0))] = RunConfig.reconnects
-    sinks: list[SinkUrl] = []
-
-
-class _Defaults(_Strict):
-    conf: Fraction = SourceConfig.conf
-    iou: Fraction = SourceConfig.iou
-    classes: list[ClassId] | None = None
-    vid_stride: Stride = SourceConfig.vid_stride
-    policy: Policy = "auto"
-
-
-class _Outputs(_Strict):
-    video: Text | None = None
-    json_path: Text | None = Field(default=None, alias="json")
-
-
-class _Zone(_Strict):
-    name: Name
-    polygon: Annotated[list[list[float]], AfterValidator(_polygon)]
-    anchor: Anchor = "bottom_center"
-
-
-class _Line(_Strict):
-    name: Name
-    points: Annotated[list[list[float]], AfterValidator(_line_points)]
-    anchor: Anchor = "bottom_center"
-
-
-class _Source(_Defaults):
-    # The per-source settings are the defaults' own fields; only those set in the file override `defaults`.
-    name: Name | None = None
-    uri: Text
-    outputs: _Outputs = _Outputs()
-    zones: list[_Zone] = []  # per source only: pixel coordinates belong to one camera's frame
-    lines: list[_Line] = []
-
-
-class _File(_Strict):
-    model: Text
-    urls: Annotated[list[Url], Field(min_length=1)] = ["127.0.0.1:8000"]
-    protocol: Protocol = "http"
-    run: _Run = _Run()
-    defaults: _Defaults = _Defaults()
-    sources: Annotated[list[_Source], Field(min_length=1)]
-
-
-# Where each mapping's keys are defined, for "did you mean" (loc with indexes replaced by 0).
-_SECTIONS: dict[Loc, type[BaseModel]] = {
-    (): _File, ("run",): _Run, ("defaults",): _Defaults, ("sources", 0): _Source, ("sources", 0, "outputs"): _Outputs,
-    ("sources", 0, "zones", 0): _Zone, ("sources", 0, "lines", 0): _Line,
-}
-_GEOMETRY: tuple[Loc, ...] = (("sources", 0, "zones", 0), ("sources", 0, "lines", 0))
 
 
 # ---------------------------------------------------------------- loading
@@ -338,13 +136,16 @@ def _check_duplicate_keys(path: Path, node: yaml.Node, done: set[int] | None = N
 
 
 def _resolve(path: Path, parsed: _File) -> Pipeline:
-    r = parsed.run
-    run = RunConfig(batch=r.batch, batch_timeout_ms=r.batch_timeout_ms, concurrency=r.concurrency, shm=r.shm,
-                    json=_out(r.json_path), summary_json=_out(r.summary_json), view=r.view,
-                    stall_timeout=r.stall_timeout, reconnects=r.reconnects, sinks=tuple(r.sinks))
+    run = RunConfig(**{o.how.file.removeprefix("run."): _run_value(o, getattr(parsed.run, o.name)) for o in run_section()})
     sources = [_source(i, s, parsed.defaults) for i, s in enumerate(parsed.sources)]
     return Pipeline(path=path, model=parsed.model, urls=list(parsed.urls), protocol=parsed.protocol, run=run,
                     sources=sources)
+
+
+def _run_value(o: Declared, value: Any) -> Any:
+    if o.many:
+        return tuple(value)
+    return _out(value) if o.plain_type is Path else value
 
 
 def _source(index: int, source: _Source, defaults: _Defaults) -> SourceConfig:
@@ -458,14 +259,14 @@ def _describe(e: Any) -> str:
 
 def _unknown(loc: Loc) -> str:
     key = str(loc[-1])
-    section = _SECTIONS.get(tuple(0 if isinstance(p, int) else p for p in loc[:-1]))
+    section = SECTIONS.get(tuple(0 if isinstance(p, int) else p for p in loc[:-1]))
     known = _keys(section) if section else []
     close = difflib.get_close_matches(key, known, n=1)
     if close:
         return f"unknown setting (did you mean {close[0]}?)"
     # A real setting in the wrong place: say where it belongs.
-    homes = [_where(s) or "the top level" for s, m in _SECTIONS.items() if key in _keys(m) and s != ("sources", 0)
-             and not (s in _GEOMETRY and key in _keys(_Source))]  # a stray `name:` is no zone's
+    homes = [_where(s) or "the top level" for s, m in SECTIONS.items() if key in _keys(m) and s != ("sources", 0)
+             and not (s in GEOMETRY and key in _keys(_Source))]  # a stray `name:` is no zone's
     if homes:
         return f"unknown setting here ({key} belongs under {homes[0]})"
     return f"unknown setting (known: {', '.join(known)})"
@@ -503,7 +304,7 @@ def changes(old: Pipeline, new: Pipeline) -> PipelineChanges:
     before = {s.name: s for s in old.sources}
     after = {s.name: s for s in new.sources}
     restart = [k for k in _RUN_WIDE if getattr(old, k) != getattr(new, k)]
-    restart += [f"run.{f.name}" for f in fields(RunConfig) if getattr(old.run, f.name) != getattr(new.run, f.name)]
+    restart += [f"run.{key}" for (key, value), (_, then) in zip(old.run.items(), new.run.items(), strict=True) if value != then]
     return PipelineChanges(
         added=[s for n, s in after.items() if n not in before],
         removed=[s for n, s in before.items() if n not in after],

@@ -121,6 +121,7 @@ def source_summary(run: Detection, src: SourceRun, now: float) -> SourceSummary:
     st, rs, sid = run.stats, src.reader.stats, src.spec.id
     inferred = st.inferred.get(sid, 0)
     until = src.removed_at or st.finished or now
+    tracks, geometry = stage_figures(run, sid)
     return SourceSummary(
         id=sid, name=src.options.name, uri=src.spec.uri, kind=src.spec.kind, policy=src.queue.policy, read=rs.read,
         inferred=inferred, skipped_stride=rs.skipped_stride, dropped=src.queue.dropped,
@@ -129,8 +130,21 @@ def source_summary(run: Detection, src: SourceRun, now: float) -> SourceSummary:
         fps=inferred / max(until - (rs.first_frame_at or src.added_at), 1e-9), state=src.state,
         first_frame_s=rs.first_frame_at - src.added_at if rs.first_frame_at else None,
         latency_ms=percentiles(st.source_latency.get(sid)),
-        tracks=len(run.track_ids.get(sid, ())) if run.settings.track is not None else None,
-        geometry=run.geometry_totals(sid), cause=rs.cause)
+        tracks=tracks, geometry=geometry, cause=rs.cause)
+
+
+def stage_figures(run: Detection, source: int) -> tuple[int | None, dict[str, Any] | None]:
+    """A source's distinct tracks (None without a tracking stage) and zone and line totals (None without any)."""
+    from tritonctl.stream.stages import GeometryFigures, TrackFigures
+
+    tracks: int | None = None
+    geometry: dict[str, Any] | None = None
+    for figures in run.figures():
+        if isinstance(figures, TrackFigures):
+            tracks = figures.tracks.get(source, 0)
+        elif isinstance(figures, GeometryFigures):
+            geometry = figures.totals.get(source)
+    return tracks, geometry
 
 
 ERROR_CELL = 24  # characters of a source's error in the table: more would squeeze the other columns, or wrap

@@ -28,13 +28,13 @@ Contract of `Tracker.update`:
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from tritonctl.core.errors import BadInput, ToolMissing
 from tritonctl.vision.detections import Detections
+from tritonctl.vision.frames import TrackSpan
 
 TRACKERS: tuple[str, ...] = ("bytetrack", "ocsort", "botsort")
 
@@ -43,15 +43,6 @@ TRACKERS: tuple[str, ...] = ("bytetrack", "ocsort", "botsort")
 # occlusion, short enough that a stale track does not grab a newcomer.
 LOST_TRACK_BUFFER = 30
 MAX_PENDING_ENDED = 10_000
-
-
-@dataclass(frozen=True)
-class TrackSpan:
-    """A track that has ended: its id and the first and last frame (0-based update counts) it was returned on."""
-
-    track_id: int
-    first_frame: int
-    last_frame: int
 
 
 class Tracker:

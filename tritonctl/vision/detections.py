@@ -2,13 +2,19 @@
 
 Every stage speaks it: postprocess makes it, the letterbox maps it back to the source frame, the sinks draw, write
 and publish it, parity and val score it. Arrays, not rows read by index: `det.scores`, never `det[:, 4]`.
+
+`data` holds any further per-detection arrays (an embedding, an attribute), one row per detection, as supervision's
+`Detections.data`: selection keeps their rows and the JSON form writes them, so a stage can add one without editing
+the consumers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+
+JSON_FIELDS = ("x1", "y1", "x2", "y2", "score", "class_id", "class", "track_id")
 
 
 @dataclass
@@ -17,6 +23,7 @@ class Detections:
     scores: np.ndarray  # [n] float32
     classes: np.ndarray  # [n] int64
     track_ids: np.ndarray | None = None  # [n] int64 once a tracker has run
+    data: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [n, ...] per-detection extras (see add)
 
     @classmethod
     def empty(cls) -> Detections:
@@ -38,10 +45,24 @@ class Detections:
     def select(self, keep: np.ndarray) -> Detections:
         """The detections a boolean mask or index array keeps."""
         ids = None if self.track_ids is None else self.track_ids[keep]
-        return Detections(self.boxes[keep], self.scores[keep], self.classes[keep], ids)
+        data = {k: v[keep] for k, v in self.data.items()}
+        return Detections(self.boxes[keep], self.scores[keep], self.classes[keep], ids, data)
+
+    def add(self, name: str, values: np.ndarray) -> None:
+        """A per-detection array rides along under `name`: one row per detection ([n] or [n, k]). The names of the
+        JSON fields are taken (a data array would hide one)."""
+        values = np.asarray(values)
+        if name in JSON_FIELDS:
+            raise ValueError(f"detection data {name!r}: the name is a field of every detection's JSON")
+        if values.ndim == 0:
+            raise ValueError(f"detection data {name!r}: a scalar, not a row per detection")
+        if len(values) != len(self):
+            raise ValueError(f"detection data {name!r}: {len(values)} rows for {len(self)} detections")
+        self.data[name] = values
 
     def to_json(self, names: dict[int, str]) -> list[dict[str, object]]:
-        """The JSON Lines form: pixels rounded to 0.01, scores to 1e-4, class id and name (and track id)."""
+        """The JSON Lines form: pixels rounded to 0.01, scores to 1e-4, class id and name (and track id); then each
+        `data` array, a value per detection for [n] arrays, a list for [n, k] ones."""
         boxes = np.round(self.boxes.astype(np.float64), 2).tolist()
         scores = np.round(self.scores.astype(np.float64), 4).tolist()
         classes = self.classes.tolist()
@@ -51,4 +72,7 @@ class Detections:
         if self.track_ids is not None:
             for row, tid in zip(out, self.track_ids.tolist(), strict=True):
                 row["track_id"] = tid
+        for name, values in self.data.items():
+            for row, value in zip(out, values.tolist(), strict=True):
+                row[name] = value
         return out
