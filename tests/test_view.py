@@ -236,9 +236,8 @@ def test_write_costs_nothing_when_nobody_watches(monkeypatch: pytest.MonkeyPatch
 
 
 def tile_ids(driver: Any) -> list[str]:
-    from selenium.webdriver.common.by import By
-
-    return [t.get_attribute("data-source") for t in driver.find_elements(By.CSS_SELECTOR, ".tile")]
+    """Read in one script: a tile the page removes between finding it and reading it would be a stale element."""
+    return list(driver.execute_script("return [...document.querySelectorAll('.tile')].map(t => t.dataset.source);"))
 
 
 def frames_arrived(driver: Any) -> bool:
@@ -248,9 +247,9 @@ def frames_arrived(driver: Any) -> bool:
 
 
 def figures_text(driver: Any, sid: int) -> str:
-    from selenium.webdriver.common.by import By
-
-    return str(driver.find_element(By.CSS_SELECTOR, f'.tile[data-source="{sid}"] .figures').text)
+    """In one script, as tile_ids: the page rewrites the figures twice a second."""
+    return str(driver.execute_script(
+        f"const e = document.querySelector('.tile[data-source=\"{sid}\"] .figures'); return e ? e.innerText : '';"))
 
 
 def test_page_in_headless_chromium(live: tuple[ViewServer, Feed], browser: Any) -> None:
