@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,17 @@ def run_cli(*args: str, timeout: float = 180, env: dict[str, str] | None = None)
     """Run `tritonctl` as a user would: a real process, its exit code, its stdout and stderr."""
     return subprocess.run([*TRITONCTL, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT,
                           env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+
+
+def read_fifo(path: Path, into: list[str]) -> threading.Thread:
+    """A reader on its own thread: a FIFO's writer blocks until someone opens the other end."""
+    def read() -> None:
+        with open(path) as f:
+            into.extend(f.read().splitlines())
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    return thread
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *words: str) -> None:

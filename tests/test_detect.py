@@ -14,7 +14,18 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pytest
-from conftest import DEMO_PT, ROOT, TRITONCTL, Triton, assert_one_line_error, build_demo_repo, free_ports, run_cli, start_server
+from conftest import (
+    DEMO_PT,
+    ROOT,
+    TRITONCTL,
+    Triton,
+    assert_one_line_error,
+    build_demo_repo,
+    free_ports,
+    read_fifo,
+    run_cli,
+    start_server,
+)
 
 from tritonctl.core.errors import BadInput
 from tritonctl.outputs.sinks import FpsMeter, VideoSink, image_names
@@ -437,16 +448,6 @@ def test_bad_output_names_are_one_line_not_a_traceback(small_video: Path, tmp_pa
     assert_one_line_error(run_cli("detect", str(small_video), "-m", "m", "--json", str(tmp_path)), 2, "is a folder")
 
 
-def _read_fifo(path: Path, into: list[str]) -> threading.Thread:
-    def read() -> None:
-        with open(path) as f:
-            into.extend(f.read().splitlines())
-
-    thread = threading.Thread(target=read, daemon=True)
-    thread.start()
-    return thread
-
-
 @_server
 def test_json_lines_to_standard_output(triton: Triton, small_video: Path) -> None:
     """`--json -` wrote a file called `-`; `--json /dev/stdout` renamed a file onto the device node (as root: for the
@@ -470,7 +471,7 @@ def test_json_lines_into_a_fifo_and_a_link_to_one(triton: Triton, small_video: P
     link.symlink_to(fifo)
     for name in (fifo, link):
         got: list[str] = []
-        reader = _read_fifo(fifo, got)
+        reader = read_fifo(fifo, got)
         result = run_cli("detect", str(small_video), "-m", "tiny", "--url", triton.url, "--json", str(name))
         reader.join(10)
         assert result.returncode == 0, result.stderr

@@ -5,23 +5,13 @@ from __future__ import annotations
 import os
 import socket
 import stat
-import threading
 from pathlib import Path
 
 import pytest
+from conftest import read_fifo
 
 from tritonctl.core.errors import BadInput
 from tritonctl.core.files import LinesFile, check_file_target, commit, partial_path, write_text
-
-
-def _read_fifo(path: Path, into: list[str]) -> threading.Thread:
-    def read() -> None:
-        with open(path) as f:
-            into.extend(f.read().splitlines())
-
-    thread = threading.Thread(target=read, daemon=True)
-    thread.start()
-    return thread
 
 
 def test_a_fifo_and_a_link_to_one_are_written_in_place(tmp_path: Path) -> None:
@@ -31,7 +21,7 @@ def test_a_fifo_and_a_link_to_one_are_written_in_place(tmp_path: Path) -> None:
     link.symlink_to(fifo)
     for name in (fifo, link):
         got: list[str] = []
-        reader = _read_fifo(fifo, got)
+        reader = read_fifo(fifo, got)
         out = LinesFile(name)
         for i in range(3):
             out.write(f'{{"frame": {i}}}\n')
